@@ -1,0 +1,237 @@
+"""Per-level solvers: plain gradient descent, scaled gradient descent, Gauss-Newton (LM).
+
+Each solver takes one pyramid level (:class:`regtool.loss.LevelImages`), a starting target->source
+matrix in that level's pixel coordinates and the rotation center, and returns a
+:class:`LevelOutcome`. None of them prints, reads files or keeps state between calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from . import loss as L
+from .transform import about_center, center_params, max_displacement, rigid_matrix, rigid_params
+
+__all__ = ["LevelOutcome", "SOLVERS", "gauss_newton", "scaled_gd", "plain_gd", "DEFAULT_MAX_ITER"]
+
+DEFAULT_MAX_ITER = {"gauss-newton": 50, "scaled": 300, "gd": 300}
+
+
+@dataclass
+class LevelOutcome:
+    """Result of one level's solve."""
+
+    matrix: np.ndarray
+    iterations: int
+    loss: float
+    converged: bool
+    reason: str | None
+    overlap: float
+
+
+def _overlap_fail(frac: float, min_overlap: float) -> str:
+    return (f"overlap fell to {100 * frac:.1f}% of the target (minimum {100 * min_overlap:.0f}%)"
+            if frac > 0 else "the images no longer overlap")
+
+
+def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
+                 metric: str, tol: float, max_iter: int, min_overlap: float) -> LevelOutcome:
+    """Inverse-compositional Gauss-Newton with Levenberg-Marquardt damping.
+
+    The steepest-descent images ``grad f . dPsi/dp`` and the Hessian ``J^T J`` depend only on the
+    target, so they are computed once per level (Baker and Matthews); each iteration then costs
+    one sampling of the source and a 3xN product. Pixels leaving the overlap are subtracted from
+    the precomputed Hessian instead of rebuilding it. A step that raises the objective is
+    rejected and retried with more damping: the loss never goes up.
+    """
+    target = level.target
+    shape = target.shape
+    tv = level.target_valid.ravel()
+    n_target = int(np.count_nonzero(tv))
+    tcoef = ndimage.spline_filter(target, order=L.ORDER, mode="mirror", output=np.float32)
+    gx, gy = L.spline_gradient(tcoef)
+    ys, xs = np.indices(shape, dtype=np.float32)
+    xs -= np.float32(center[0])
+    ys -= np.float32(center[1])
+    # dPsi/d(sx, sy, theta) at the identity, about the center: (1, 0), (0, 1), (-(y-cy), x-cx).
+    sd = np.stack([gx, gy, gx * -ys + gy * xs]).reshape(3, -1)
+    del xs, ys
+    sd_t = sd[:, tv].astype(np.float64)
+    h_all = sd_t @ sd_t.T
+    del sd_t
+
+    m = matrix.copy()
+    prev: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
+    lam = 0.0
+    best_loss = math.inf
+    overlap = 0.0
+    it = 0
+    while it < max_iter:
+        it += 1
+        valid = L.overlap_mask(level, m)
+        overlap = float(np.count_nonzero(valid)) / max(n_target, 1)
+        if overlap < min_overlap:
+            return LevelOutcome(m, it, best_loss, False, _overlap_fail(overlap, min_overlap),
+                                overlap)
+        res = L.residual(L.sample(level.source_coeffs, m, shape), target, valid, metric)
+        if prev is not None and res.objective > prev[3] * (1 + 1e-7):
+            # The last step made things worse: go back and take a shorter, more gradient-like one.
+            m_prev, h_prev, b_prev, obj_prev = prev
+            lam = max(10.0 * lam, 1e-3)
+            step = np.linalg.solve(h_prev + lam * np.diag(np.diag(h_prev)), b_prev)
+            inv = np.linalg.inv(about_center(*step, center))
+            m = m_prev @ inv
+            if max_displacement(inv, shape) < tol:
+                return LevelOutcome(m_prev, it, best_loss, True, None, overlap)
+            continue
+        lam *= 0.1
+        best_loss = res.loss
+        b = sd @ res.e.ravel()
+        lost = np.flatnonzero(tv & ~valid.ravel())
+        h = h_all
+        if lost.size:
+            s_lost = sd[:, lost].astype(np.float64)
+            h = h_all - s_lost @ s_lost.T
+        if metric == "ncc":
+            # The fitted offset makes e zero-mean on the overlap; centre the steepest-descent
+            # images too, so the Hessian ignores the part a constant offset already explains.
+            mean = (sd @ valid.ravel().astype(np.float32)) / res.count
+            h = h - res.count * np.outer(mean, mean)
+        b = b.astype(np.float64)
+        try:
+            step = np.linalg.solve(h + lam * np.diag(np.diag(h)), b)
+        except np.linalg.LinAlgError:
+            return LevelOutcome(m, it, best_loss, False, "the image has no texture to align on",
+                                overlap)
+        prev = (m, h, b, res.objective)
+        inv = np.linalg.inv(about_center(*step, center))
+        m = m @ inv
+        # M is an isometry, so the image moves by exactly as much as the update moves x.
+        if max_displacement(inv, shape) < tol:
+            return LevelOutcome(m, it, best_loss, True, None, overlap)
+    return LevelOutcome(m, it, best_loss, False,
+                        f"did not converge in {max_iter} iterations", overlap)
+
+
+def _source_gradient_coeffs(level: L.LevelImages) -> tuple[np.ndarray, np.ndarray]:
+    """Spline coefficients of the source's derivative images, for sampling them off-grid."""
+    gx, gy = L.spline_gradient(level.source_coeffs)
+    return (ndimage.spline_filter(gx, order=L.ORDER, mode="mirror", output=np.float32),
+            ndimage.spline_filter(gy, order=L.ORDER, mode="mirror", output=np.float32))
+
+
+def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
+              metric: str, tol: float, max_iter: int, min_overlap: float) -> LevelOutcome:
+    """Gradient descent on ``(sx, sy, rho * theta)`` about the center, with Armijo backtracking.
+
+    ``rho`` is the RMS distance of the target's pixels from the center, so one unit of each
+    parameter moves the image by about one pixel; the line search guarantees that the loss never
+    rises, and the step length carries over (doubled) from one iteration to the next.
+    """
+    shape = level.target.shape
+    n_target = int(np.count_nonzero(level.target_valid))
+    ys, xs = np.nonzero(level.target_valid)
+    rho2 = float(np.mean((xs - center[0]) ** 2 + (ys - center[1]) ** 2)) or 1.0
+    precond = np.array([1.0, 1.0, 1.0 / rho2])
+    gcoef = _source_gradient_coeffs(level)
+    params = np.array(center_params(matrix, center))
+
+    def evaluate(p: np.ndarray, with_grad: bool) -> tuple[L.Residual, np.ndarray | None, float]:
+        m = about_center(*p, center)
+        valid = L.overlap_mask(level, m)
+        frac = float(np.count_nonzero(valid)) / max(n_target, 1)
+        if frac < min_overlap:
+            return L.Residual(level.target, valid, 0, math.inf, math.inf, 1.0, 0.0), None, frac
+        res, grad = L.loss_and_gradient(level, m, gcoef if with_grad else None, center, metric)
+        return res, grad, frac
+
+    res, grad, overlap = evaluate(params, True)
+    if grad is None:
+        return LevelOutcome(about_center(*params, center), 1, math.inf, False,
+                            _overlap_fail(overlap, min_overlap), overlap)
+    alpha = None
+    it = 0
+    while it < max_iter:
+        it += 1
+        direction = -precond * grad
+        unit = max_displacement(about_center(*direction, center), shape)
+        if unit == 0.0:
+            return LevelOutcome(about_center(*params, center), it, res.loss, True, None, overlap)
+        if alpha is None:
+            alpha = 1.0 / unit  # first trial moves the image by one pixel at most
+        slope = float(grad @ direction)
+        accepted = False
+        for _ in range(40):
+            trial = params + alpha * direction
+            t_res, _, t_frac = evaluate(trial, False)
+            if t_res.objective <= res.objective + 1e-4 * alpha * slope:
+                accepted = True
+                break
+            alpha *= 0.5
+            if alpha * unit < 1e-3 * tol:
+                break
+        moved = alpha * unit
+        if not accepted:
+            # No descent at a step far below the tolerance: this is the minimum.
+            return LevelOutcome(about_center(*params, center), it, res.loss, True, None, overlap)
+        params = trial
+        res, grad, overlap = evaluate(params, True)
+        if grad is None:
+            return LevelOutcome(about_center(*params, center), it, res.loss, False,
+                                _overlap_fail(overlap, min_overlap), overlap)
+        if moved < tol:
+            return LevelOutcome(about_center(*params, center), it, res.loss, True, None, overlap)
+        alpha *= 2.0
+    return LevelOutcome(about_center(*params, center), it, res.loss, False,
+                        f"did not converge in {max_iter} iterations", overlap)
+
+
+def plain_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
+             metric: str, tol: float, max_iter: int, min_overlap: float) -> LevelOutcome:
+    """The naive method: fixed-step gradient descent on the seed's (tx, ty, theta).
+
+    Rotation is about the origin (the top-left pixel) and one learning rate serves all three
+    parameters. The rate is the one that suits translation (half a Newton step for a shift); the
+    rotation's lever arm of up to the image diagonal then makes theta overshoot. Kept as the
+    baseline that shows why regtool preconditions; ``center`` is ignored on purpose.
+    """
+    shape = level.target.shape
+    n_target = int(np.count_nonzero(level.target_valid))
+    tcoef = ndimage.spline_filter(level.target, order=L.ORDER, mode="mirror", output=np.float32)
+    tgx, tgy = L.spline_gradient(tcoef)
+    tv = level.target_valid
+    curvature = 2.0 * float(np.mean(tgx[tv] ** 2 + tgy[tv] ** 2)) or 1.0
+    rate = 1.0 / curvature
+    gcoef = _source_gradient_coeffs(level)
+    params = np.array(rigid_params(matrix))
+    origin = (0.0, 0.0)
+    loss_value = math.inf
+    overlap = 0.0
+    for it in range(1, max_iter + 1):
+        m = rigid_matrix(*params)
+        valid = L.overlap_mask(level, m)
+        overlap = float(np.count_nonzero(valid)) / max(n_target, 1)
+        if overlap < min_overlap:
+            return LevelOutcome(m, it, loss_value, False, _overlap_fail(overlap, min_overlap),
+                                overlap)
+        res, grad = L.loss_and_gradient(level, m, gcoef, origin, metric)
+        if grad is None or not np.all(np.isfinite(grad)):
+            return LevelOutcome(m, it, loss_value, False, "gradient descent diverged", overlap)
+        loss_value = res.loss
+        new = params - rate * grad
+        delta = np.linalg.inv(m) @ rigid_matrix(*new)
+        params = new
+        if max_displacement(delta, shape) < tol:
+            return LevelOutcome(rigid_matrix(*params), it, loss_value, True, None, overlap)
+    return LevelOutcome(rigid_matrix(*params), max_iter, loss_value, False,
+                        f"did not converge in {max_iter} iterations", overlap)
+
+
+Solver = Callable[[L.LevelImages, np.ndarray, tuple[float, float], str, float, int, float],
+                  LevelOutcome]
+SOLVERS: dict[str, Solver] = {"gauss-newton": gauss_newton, "scaled": scaled_gd, "gd": plain_gd}
