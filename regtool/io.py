@@ -40,6 +40,7 @@ from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
+import tifffile
 
 __all__ = [
     "ImageError",
@@ -48,6 +49,7 @@ __all__ = [
     "write_json",
     "check_output_path",
     "format_problem",
+    "dumps_json",
     "default_output_path",
     "OutputSet",
     "READ_DTYPES",
@@ -159,23 +161,24 @@ def _png_header(data: bytes) -> tuple[int, int] | None:
 
 def _read_tiff(path: PathLike, data: bytes) -> np.ndarray:
     """Decode a single-image TIFF; refuse multi-page files and volumes."""
-    with iio.imopen(data, "r", plugin="tifffile") as f:
-        tif = f._fh  # the plugin's tifffile.TiffFile: the page count is only known there
+    # tifffile directly (imageio's TIFF plugin wraps it): the page count and the axes of the
+    # first series are needed to tell an RGB image from a stack.
+    with tifffile.TiffFile(_io.BytesIO(data)) as tif:
         n_pages = len(tif.pages)
         if n_pages > 1:
             raise ImageError(
-                path, f"multi-page TIFF ({n_pages} pages); regtool reads one 2-D image per file"
+                path, f"multi-page TIFF ({n_pages} pages: a stack or volume); "
+                "regtool reads one 2-D image per file"
             )
         series = tif.series[0]
         axes = series.axes
-        image = f.read(index=0)
-    image = np.asarray(image)
-    if image.ndim == 3 and axes[0] == "S" and image.shape[0] in (3, 4) and axes[-1] != "S":
+        image = np.asarray(series.asarray())
+    if image.ndim == 3 and axes[0] == "S" and image.shape[0] in (3, 4):
         image = np.moveaxis(image, 0, -1)  # planar RGB(A) -> interleaved
-    elif image.ndim == 3 and image.shape[-1] not in (1, 3, 4) and axes[-1] != "S":
+    elif image.ndim >= 3 and axes[-1] != "S":
         raise ImageError(
             path,
-            f"3-D volume of shape {'x'.join(map(str, image.shape))} (axes {axes}); "
+            f"{image.ndim}-D volume of shape {'x'.join(map(str, image.shape))} (axes {axes}); "
             "regtool reads one 2-D image per file",
         )
     return image
@@ -193,7 +196,7 @@ def _read_pillow(path: PathLike, data: bytes, fmt: str | None) -> np.ndarray:
                 "(Pillow reduces it to 8 bits); save it as 16-bit TIFF (.tif) instead",
             )
     with iio.imopen(data, "r", plugin="pillow") as f:
-        n_frames = getattr(f._image, "n_frames", 1)
+        n_frames = f.properties(index=...).n_images or 1
         if n_frames > 1:
             raise ImageError(
                 path,
@@ -204,12 +207,12 @@ def _read_pillow(path: PathLike, data: bytes, fmt: str | None) -> np.ndarray:
         mode = meta.get("mode")
         convert = None
         if mode == "P":
-            palette_mode = getattr(getattr(f._image, "palette", None), "mode", "RGB")
-            has_alpha = "transparency" in meta or palette_mode == "RGBA"
+            palette = np.asarray(meta.get("palette", np.zeros((0, 3))))
+            has_alpha = "transparency" in meta or (palette.ndim == 2 and palette.shape[1] == 4)
             convert = "RGBA" if has_alpha else "RGB"
         elif mode in _PIL_CONVERT:
             convert = _PIL_CONVERT[mode]
-        if convert in ("LA",) or mode == "LA":
+        if convert == "LA" or mode == "LA":
             raise ImageError(
                 path,
                 "gray + alpha image (2 channels); regtool reads gray, RGB or RGBA: "
@@ -359,8 +362,7 @@ def format_problem(path: PathLike, dtype: np.dtype | str, channels: int) -> str 
         if dt.kind == "f":
             return f"PNG cannot hold {what} data; use .tif"
         if dt == np.uint16 and channels != 1:
-            return f"PNG cannot hold {what} data here (Pillow writes 16-bit PNG only as gray); " \
-                "use .tif"
+            return f"PNG cannot hold {what} data (16-bit PNG is written as gray only); use .tif"
         if dt == np.bool_ and channels != 1:
             return f"PNG cannot hold {what} data; use .tif"
         return None
@@ -638,6 +640,3 @@ class OutputSet:
         write_json(path, document)
         self.written.append(Path(path))
 
-
-# Keep a reference so linters do not flag the import used only in type comments elsewhere.
-_ = _io
