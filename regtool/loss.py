@@ -198,18 +198,18 @@ def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: 
 def spline_gradient(coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact x and y derivatives of a cubic-spline interpolant at the pixel centers.
 
-    For coefficients c, the derivative at integer n is ``(c[n+1] - c[n-1]) / 2`` because the cubic
-    B-spline's derivative is -1/2 and +1/2 at the neighbouring knots and 0 at its own.
+    In 1-D, for coefficients c, the derivative at integer n is ``(c[n+1] - c[n-1]) / 2`` (the
+    cubic B-spline's slope is -1/2 and +1/2 at the neighbouring knots, 0 at its own), and the
+    value is ``(c[n-1] + 4 c[n] + c[n+1]) / 6``. In 2-D the derivative along x is the first
+    filter along x applied after the second along y, and vice versa.
     """
-    gx = np.empty_like(coeffs)
-    gy = np.empty_like(coeffs)
-    # Mirror boundary (matching spline_filter's mode): c[-1] = c[1], so the edge derivative is 0.
-    gx[:, 1:-1] = 0.5 * (coeffs[:, 2:] - coeffs[:, :-2])
-    gx[:, 0] = 0.0
-    gx[:, -1] = 0.0
-    gy[1:-1, :] = 0.5 * (coeffs[2:, :] - coeffs[:-2, :])
-    gy[0, :] = 0.0
-    gy[-1, :] = 0.0
+    diff = np.array([-0.5, 0.0, 0.5], dtype=np.float32)  # correlate1d: c[n+1]/2 - c[n-1]/2
+    value = np.array([1 / 6, 4 / 6, 1 / 6], dtype=np.float32)
+    # Mirror boundary, as in the prefilter: c[-1] = c[1], so the edge slope is 0.
+    gx = ndimage.correlate1d(coeffs, diff, axis=1, mode="mirror")
+    gx = ndimage.correlate1d(gx, value, axis=0, mode="mirror")
+    gy = ndimage.correlate1d(coeffs, diff, axis=0, mode="mirror")
+    gy = ndimage.correlate1d(gy, value, axis=1, mode="mirror")
     return gx, gy
 
 

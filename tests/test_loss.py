@@ -1,0 +1,89 @@
+"""The seed's question: is the analytic gradient right? Check it against finite differences."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from regtool import loss as L
+from regtool.optimize import _source_gradient_coeffs
+from regtool.transform import about_center
+
+
+CENTER = (34.5, 39.5)  # of the 70 x 80 target
+
+
+def _level(gain=1.0, offset=0.0):
+    rng = np.random.default_rng(3)
+    source = ndimage.gaussian_filter(rng.random((160, 150)), 2.5).astype(np.float32)
+    source = (source - source.min()) / np.ptp(source)
+    # target: 80 x 70 pixels sampled from the source near (40, 40); every matrix used below sends
+    # the target deep inside the source, so no pixel enters or leaves the overlap while the
+    # parameters wiggle and the objective stays smooth
+    target = ndimage.affine_transform(source, np.eye(2), offset=(40, 40), output_shape=(80, 70),
+                                      order=3).astype(np.float32)
+    target = (gain * target + offset).astype(np.float32)
+    return L.prepare_level(target, None, source, None, margin=1.0)
+
+
+@pytest.mark.parametrize("metric", ["ssd", "ncc"])
+@pytest.mark.parametrize("about", ["center", "origin"])
+def test_analytic_gradient_matches_central_differences(metric, about):
+    level = _level(1.3, 0.1) if metric == "ncc" else _level()
+    gcoef = _source_gradient_coeffs(level)
+    center = CENTER if about == "center" else (0.0, 0.0)
+    # away from the optimum (shift (40, 40), no rotation) so every component is sizeable
+    p0 = np.array([41.5, 39.0, 0.02])
+    if about == "origin":
+        p0[:2] = about_center(*p0, CENTER)[:2, 2]
+    res, grad = L.loss_and_gradient(level, about_center(*p0, center), gcoef, center, metric)
+    steps = [1e-3, 1e-3, 1e-5]
+    numeric = np.empty(3)
+    for i in range(3):
+        dp = np.zeros(3)
+        dp[i] = steps[i]
+        plus = L.loss_and_gradient(level, about_center(*(p0 + dp), center), None, center,
+                                   metric)[0]
+        minus = L.loss_and_gradient(level, about_center(*(p0 - dp), center), None, center,
+                                    metric)[0]
+        assert plus.count == minus.count == res.count  # the overlap did not change
+        numeric[i] = (plus.objective - minus.objective) / (2 * steps[i])
+    assert np.allclose(grad, numeric, rtol=RTOL, atol=RTOL * np.abs(numeric).max())
+
+
+# The source's derivative is the spline derivative at the pixel centers, itself interpolated
+# between them: close to, not exactly, the derivative of the interpolated source.
+RTOL = 1e-3
+
+
+def test_rotation_gradient_carries_the_lever_arm():
+    # Not a bug, the seed's point: about the origin d/dtheta picks up the translation gradient
+    # times the lever arm R'(theta) c, which for a corner-based rotation is the image's size.
+    level = _level()
+    gcoef = _source_gradient_coeffs(level)
+    theta = 0.03
+    m0 = about_center(41.0, 39.5, theta, CENTER)
+    _, g_center = L.loss_and_gradient(level, m0, gcoef, CENTER, "ssd")
+    _, g_origin = L.loss_and_gradient(level, m0, gcoef, (0.0, 0.0), "ssd")
+    assert np.allclose(g_center[:2], g_origin[:2], rtol=1e-6)
+    cx, cy = CENTER
+    c, s = math.cos(theta), math.sin(theta)
+    lever = g_center[2] + g_origin[0] * (-s * cx - c * cy) + g_origin[1] * (c * cx - s * cy)
+    assert math.isclose(g_origin[2], lever, rel_tol=1e-4)
+
+
+def test_ncc_residual_ignores_gain_and_offset():
+    rng = np.random.default_rng(0)
+    f = rng.random((40, 50)).astype(np.float32)
+    g = ndimage.shift(f, (0.3, 0.2), order=1).astype(np.float32)
+    valid = np.ones(f.shape, bool)
+    valid[:2] = False
+    a = L.residual(g, f, valid, "ncc")
+    b = L.residual(0.5 * g + 3.0, f, valid, "ncc")
+    assert math.isclose(a.loss, b.loss, rel_tol=1e-5)
+    assert math.isclose(a.objective, b.objective, rel_tol=1e-4)
+    assert 0 < a.loss < 0.2
+    s = L.residual(g, f, valid, "ssd")
+    assert math.isclose(s.loss, float(np.mean((g - f)[valid] ** 2)), rel_tol=1e-5)
+    assert L.residual(0.5 * g + 3.0, f, valid, "ssd").loss > 1.0
