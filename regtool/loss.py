@@ -96,7 +96,8 @@ def sample(coeffs: np.ndarray, matrix: np.ndarray, shape: tuple[int, int],
     """Sample the spline with coefficients ``coeffs`` at ``matrix @ [x, y, 1]`` over ``shape``."""
     rc, offset = ndimage_affine(matrix)
     return ndimage.affine_transform(
-        coeffs, rc, offset=offset, output_shape=shape, output=out if out is not None else np.float32,
+        coeffs, rc, offset=offset, output_shape=shape,
+        output=out if out is not None else np.float32,
         order=ORDER, mode="mirror", prefilter=False,
     )
 

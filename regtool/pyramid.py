@@ -25,7 +25,7 @@ PRE_SIGMA = 0.6
 
 
 def auto_levels(*shapes: tuple[int, ...], min_side: int = MIN_COARSE_SIDE) -> int:
-    """Number of pyramid levels so that the coarsest shorter side lies in ``[min_side, 2*min_side)``.
+    """Number of levels putting the coarsest shorter side in ``[min_side, 2*min_side)``.
 
     Parameters
     ----------

@@ -78,7 +78,8 @@ class Result:
     Attributes
     ----------
     matrix : (2, 3) ndarray
-        Maps target pixel (x, y) to source pixel (x, y): ``aligned[y, x] = source(matrix @ [x, y, 1])``.
+        Maps target pixel (x, y) to source pixel (x, y):
+        ``aligned[y, x] = source(matrix @ [x, y, 1])``.
     tx, ty, theta : float
         ``matrix = [[cos, -sin, tx], [sin, cos, ty]]``: rotation by ``theta`` radians about the
         origin (the center of the top-left pixel), then translation.

@@ -10,7 +10,6 @@ from regtool import loss as L
 from regtool.optimize import _source_gradient_coeffs
 from regtool.transform import about_center
 
-
 CENTER = (34.5, 39.5)  # of the 70 x 80 target
 
 
