@@ -157,8 +157,7 @@ class _InitType(click.ParamType):
             numbers = ()
         if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
             self.fail(
-                f"{value!r} is not three finite numbers TX,TY,DEG (e.g. 12.5,-3,7; write "
-                "--init=-4,2,1 when it starts with a minus sign)",
+                f"{value!r} is not three finite numbers TX,TY,DEG (e.g. 12.5,-3,7)",
                 param,
                 ctx,
             )
@@ -247,6 +246,7 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
 
 @cli.command(
     "align",
+    short_help="Align SOURCE to TARGET; write the aligned image and the parameters.",
     epilog=_ALIGN_EPILOG,
     context_settings={"max_content_width": 100},
 )
