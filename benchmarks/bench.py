@@ -60,7 +60,8 @@ PEER_METHODS = tuple(P.PEERS)
 ALL_METHODS = REGTOOL_METHODS + (NCC_METHOD,) + PEER_METHODS
 SIZES = {"251x301": (301, 251), "512": (512, 512), "1024": (1024, 1024)}
 
-Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: A method returns the 3x3 matrix, or (matrix, converged, reason) when it reports convergence.
+Method = Callable[[np.ndarray, np.ndarray], "np.ndarray | tuple[np.ndarray, bool, str | None]"]
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Run:
     error: float  # mean endpoint error, px; inf on failure
     seconds: float
     failure: str | None = None
+    converged: bool | None = None  # what the method claimed, when it says
 
 
 # --------------------------------------------------------------------------- methods
@@ -81,12 +83,12 @@ def regtool_method(optimizer: str, metric: str, max_iter: int | None) -> Method:
     """A regtool.align call as a ``(target, source) -> 3x3`` method."""
     import regtool
 
-    def run(target: np.ndarray, source: np.ndarray) -> np.ndarray:
+    def run(target: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, bool, str | None]:
         res = regtool.align(target, source, optimizer=optimizer, metric=metric,
                             max_iter=max_iter)
         m = np.eye(3)
         m[:2] = np.asarray(res.matrix, dtype=float)[:2]
-        return m
+        return m, bool(res.converged), res.reason
 
     return run
 
@@ -129,9 +131,17 @@ def time_call(method: Method, case: C.Case, name: str) -> Run:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Run(name, case, float("inf"), dt, f"{type(exc).__name__}: {msg}"[:160])
     dt = time.perf_counter() - t0
+    converged: bool | None = None
+    reason: str | None = None
+    if isinstance(m, tuple):
+        m, converged, reason = m
     if m is None or not np.all(np.isfinite(m)):
-        return Run(name, case, float("inf"), dt, "no matrix")
-    return Run(name, case, C.endpoint_error(case.matrix, m, case.target.shape), dt)
+        return Run(name, case, float("inf"), dt, "no matrix", converged)
+    err = C.endpoint_error(case.matrix, m, case.target.shape)
+    failure = None
+    if converged is False:
+        failure = f"not converged: {reason}"
+    return Run(name, case, err, dt, failure, converged)
 
 
 # --------------------------------------------------------------------------- checks
@@ -380,12 +390,12 @@ def write_report(args: argparse.Namespace, sections: list[str], checks: list[str
                  elapsed: float, runs: list[Run], threads: dict[str, str], photo_note: str,
                  upsampled: list[str], note: str) -> None:
     """Write RESULTS.md."""
-    failures: dict[str, dict[str, int]] = {}
+    failures: dict[str, dict[str, list[Run]]] = {}
     for r in runs:
         if r.failure:
-            key = r.failure[:120]
-            failures.setdefault(r.method, {}).setdefault(key, 0)
-            failures[r.method][key] += 1
+            # Group messages that differ only in numbers.
+            key = re.sub(r"-?\d+(\.\d+)?", "#", r.failure[:120])
+            failures.setdefault(r.method, {}).setdefault(key, []).append(r)
     cmd = " ".join(["benchmarks/bench.py"] + (sys.argv[1:] if sys.argv[1:] else []))
     parts = [
         "# regtool benchmark results",
@@ -412,11 +422,17 @@ def write_report(args: argparse.Namespace, sections: list[str], checks: list[str
     disc = _discrepancies(runs)
     parts += ["## Cases where regtool's default fails but a peer succeeds", ""]
     parts += disc if disc else ["None."]
-    parts += ["", "## Failure reasons (count)", ""]
+    silent = [r for r in runs if r.converged is True and not r.error < SUCCESS_PX]
+    parts += ["", "## Reported converged but wrong (error >= 0.5 px)", ""]
+    parts += [f"- {r.method} on {r.case.describe()}: err {r.error:.2f} px" for r in silent] \
+        or ["None."]
+    parts += ["", "## Failure and non-convergence reasons (count; # stands for a number)", ""]
     if failures:
         for m, reasons in failures.items():
-            for k, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
-                parts.append(f"- {m}: {n} x {k}")
+            for k, rs in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
+                fine = sum(r.error < SUCCESS_PX for r in rs)
+                parts.append(f"- {m}: {len(rs)} x {k}" + (
+                    f" ({fine} of them still within {SUCCESS_PX} px)" if fine else ""))
     else:
         parts.append("None.")
     args.out.write_text("\n".join(parts) + "\n")

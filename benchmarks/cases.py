@@ -46,6 +46,9 @@ PRESMOOTH_SIGMA = 0.7
 ERROR_GRID = 65
 
 TIERS = ("small", "medium", "gain")
+#: Enlarged photographs, shared by every make_cases call: (name, factor) -> Photo.
+_ENLARGED: dict[tuple[str, int], Photo] = {}
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)
@@ -205,15 +208,18 @@ def synthetic_scene(size: int = 1600, seed: int = 12345) -> np.ndarray:
 
 
 def load_photos(directory: Path | None = None) -> list[Photo]:
-    """Load the sample photographs (``sample_images/*.png`` except ``target*``/``source*``).
+    """Load the sample photographs (``sample_images/*.png|jpg`` except ``target*``/``source*``).
+
+    ``target*``/``source*`` are ready-made pairs, not scenes. JPEGs are photographs as well.
 
     Falls back to one :func:`synthetic_scene` when there are none.
     """
     if directory is None:
         directory = Path(__file__).resolve().parent.parent / "sample_images"
     photos: list[Photo] = []
-    paths = sorted(p for p in directory.glob("*.png")
-                   if not p.name.startswith(("target", "source")))
+    paths = sorted(p for p in directory.iterdir()
+                   if p.suffix.lower() in PHOTO_SUFFIXES
+                   and not p.name.startswith(("target", "source")))
     if paths:
         import imageio.v3 as iio
 
@@ -235,17 +241,19 @@ def _needed_extent(h: int, w: int, theta_max: float, shift_frac: float, shift_px
 
 def _photo_for(photos: list[Photo], need: tuple[int, int], cache: dict[tuple[str, int], Photo],
                index: int) -> Photo:
-    """The ``index``-th photo (cycling) that is at least ``need``; enlarged 2x/3x... if none."""
-    big = [p for p in photos if p.image.shape[0] >= need[0] and p.image.shape[1] >= need[1]]
-    if big:
-        return big[index % len(big)]
+    """The ``index``-th photo (cycling), enlarged 2x, 3x... with cubic splines if under ``need``.
+
+    Cycling over every photo keeps each size's mix of scenes the same, at the price of
+    enlarging the small photographs for the large sizes (the report lists which).
+    """
     base = photos[index % len(photos)]
+    if base.image.shape[0] >= need[0] and base.image.shape[1] >= need[1]:
+        return base
     factor = 2
     while base.image.shape[0] * factor < need[0] or base.image.shape[1] * factor < need[1]:
         factor += 1
     key = (base.name, factor)
     if key not in cache:
-        # Undo the pre-smoothing's role: enlarge the smoothed photo with a cubic spline.
         up = ndimage.zoom(base.image.astype(np.float64), factor, order=3, mode="mirror",
                           grid_mode=True)
         cache[key] = _make_photo(f"{base.name}x{factor}", np.clip(up, 0, RANGE), factor)
@@ -315,9 +323,8 @@ def make_cases(photos: list[Photo], size: tuple[int, int], tier: str, count: int
     tier_id = TIERS.index(tier)
     rng = np.random.default_rng([seed, h, w, tier_id])
     need = _needed_extent(h, w, math.radians(20.0), 0.08, 10.0)
-    cache: dict[tuple[str, int], Photo] = {}
     for i in range(count):
-        photo = _photo_for(photos, need, cache, i)
+        photo = _photo_for(photos, need, _ENLARGED, i)
         yield make_case(photo, tier, h, w, rng, f"{w}x{h}/{tier}/{i}")
 
 
