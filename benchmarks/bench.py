@@ -101,7 +101,7 @@ def build_methods(names: list[str], gd_max_iter: int | None) -> tuple[dict[str, 
     if wanted_regtool:
         try:
             import regtool  # noqa: F401
-        except Exception as exc:  # noqa: BLE001 - the bench still runs the peers
+        except Exception as exc:  # the bench still runs the peers
             notes.append(f"regtool not importable ({exc}); its methods skipped")
             wanted_regtool = []
     peers = P.available_peers()
@@ -126,7 +126,7 @@ def time_call(method: Method, case: C.Case, name: str) -> Run:
     t0 = time.perf_counter()
     try:
         m = method(target, source)
-    except Exception as exc:  # noqa: BLE001 - a failing method is a result, not a crash
+    except Exception as exc:  # a failing method is a result, not a crash
         dt = time.perf_counter() - t0
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Run(name, case, float("inf"), dt, f"{type(exc).__name__}: {msg}"[:160])
@@ -381,8 +381,11 @@ def _discrepancies(runs: list[Run]) -> list[str]:
         good = [n for n, r in rs.items() if n in P.PEERS and r.error < SUCCESS_PX]
         if good:
             why = d.failure or f"err {d.error:.2f} px"
-            lines.append(f"- {d.case.describe()}: gauss-newton {why}; succeeded: "
-                         f"{', '.join(good)}")
+            line = f"- {d.case.describe()}: gauss-newton {why}"
+            ncc = rs.get(NCC_METHOD)
+            if ncc is not None:
+                line += f"; gauss-newton+ncc err {ncc.error:.2f} px"
+            lines.append(f"{line}; succeeded: {', '.join(good)}")
     return lines
 
 

@@ -21,6 +21,7 @@ with a known matrix by :func:`direction_check` (the bench prints it at start-up)
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -76,7 +77,10 @@ def _ecc_call(template: np.ndarray, inp: np.ndarray, warp: np.ndarray) -> np.nda
                                       cv2.MOTION_EUCLIDEAN, criteria, None,
                                       ECC_GAUSS_FILT_SIZE)
     except cv2.error as exc:  # raised when ECC diverges ("stopped before its convergence")
-        raise PeerFailure(f"findTransformECC: {str(exc).strip().splitlines()[-1]}") from exc
+        text = str(exc)
+        short = re.search(r"error: \((-?\d+:[^)]*)\)", text)
+        raise PeerFailure(f"findTransformECC: {short.group(1) if short else text.strip()}"
+                          ) from exc
     return out
 
 
@@ -242,7 +246,7 @@ def direction_check(peers: dict[str, Peer], case_target: np.ndarray, case_source
     for name, fn in peers.items():
         try:
             m = fn(case_target, case_source)
-        except Exception as exc:  # noqa: BLE001 - any failure is reported, not raised
+        except Exception as exc:  # any failure is reported, not raised
             results.append((name, False, f"failed: {exc}"))
             continue
         err = error(true, m)
