@@ -27,6 +27,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 
 import argparse  # noqa: E402
 import datetime as _dt  # noqa: E402
+import json  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
@@ -189,7 +190,9 @@ def cli_timing(photos: list[C.Photo], repeats: int = 3) -> str:
         tgt, src, out = Path(tmp, "target.png"), Path(tmp, "source.png"), Path(tmp, "aligned.png")
         iio.imwrite(tgt, np.clip(np.rint(case.target), 0, 255).astype(np.uint8))
         iio.imwrite(src, np.clip(np.rint(case.source), 0, 255).astype(np.uint8))
-        cmd = [exe_s, "align", str(tgt), str(src), "-o", str(out)]
+        params = Path(tmp, "aligned.json")
+        cmd = [exe_s, "align", str(tgt), str(src), "-o", str(out), "--params", str(params),
+               "--quiet"]
         times: list[float] = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -199,9 +202,17 @@ def cli_timing(photos: list[C.Photo], repeats: int = 3) -> str:
                 err = (proc.stderr or proc.stdout).strip().splitlines()
                 return (f"CLI: `regtool align target.png source.png -o aligned.png` exited "
                         f"{proc.returncode}: {err[-1] if err else ''}")
-    return (f"CLI: `regtool align target.png source.png -o aligned.png` on 512x512 uint8 PNGs: "
-            f"median wall time {1000 * statistics.median(times):.0f} ms over {repeats} runs "
-            f"(min {1000 * min(times):.0f} ms), Python start-up included")
+        try:
+            doc = json.loads(params.read_text())
+            err = C.endpoint_error(case.matrix, np.vstack([doc["matrix"], [0, 0, 1]]),
+                                   case.target.shape)
+            acc = f"; its matrix is {err:.3f} px from the truth ({case.describe()})"
+        except (OSError, KeyError, ValueError) as exc:
+            acc = f"; could not read its parameters: {exc}"
+    return (f"CLI: `regtool align target.png source.png -o aligned.png --params aligned.json "
+            f"--quiet` on a 512x512 uint8 PNG pair: median wall time "
+            f"{1000 * statistics.median(times):.0f} ms over {repeats} runs "
+            f"(min {1000 * min(times):.0f} ms), Python start-up included{acc}")
 
 
 # --------------------------------------------------------------------------- tables
