@@ -243,6 +243,16 @@ def _as_supported_dtype(path: PathLike, image: np.ndarray) -> np.ndarray:
     )
 
 
+def _detail(exc: BaseException) -> str:
+    """The decoder's own words: imageio wraps them in messages about its plugins."""
+    while "plugin" in str(exc) and (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = str(exc).strip()
+    if not text or "plugin" in text or "can not" in text or len(text) > 80:
+        return "cannot decode it"
+    return text.splitlines()[0]
+
+
 def read_image(path: PathLike) -> np.ndarray:
     """Read one 2-D image (gray, RGB or RGBA) from a file.
 
@@ -293,7 +303,7 @@ def read_image(path: PathLike) -> np.ndarray:
     except Exception as exc:  # decoders raise anything from SyntaxError to struct.error
         if fmt is None:
             raise ImageError(path, "not an image file (unrecognized format)") from None
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = _detail(exc)
         raise ImageError(path, f"truncated or corrupt {fmt} file ({detail})") from None
 
     if image.ndim == 3 and image.shape[-1] == 1:

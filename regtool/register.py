@@ -288,11 +288,12 @@ def align(
     >>> import regtool
     >>> rng = np.random.default_rng(0)
     >>> target = ndimage.gaussian_filter(rng.random((128, 128)), 3)
-    >>> true = [[1, 0, 2.5], [0, 1, -1.25]]          # source = target moved
+    >>> # the scene moves 2.5 px left and 1.25 px down: source(x - 2.5, y + 1.25) = target(x, y)
     >>> source = ndimage.shift(target, (1.25, -2.5), order=3, mode="nearest")
     >>> r = regtool.align(target, source)
-    >>> bool(r.converged), round(r.tx, 2), round(r.ty, 2)
-    (True, 2.5, -1.25)
+    >>> bool(r.converged), round(r.tx, 3), round(r.ty, 3), round(r.theta_deg, 3)
+    (True, -2.5, 1.25, 0.0)
+    >>> aligned = r.warp(source)  # source resampled on the target's grid
     """
     t_start = time.perf_counter()
     _check_options(optimizer, metric, tol, max_iter, min_overlap)
