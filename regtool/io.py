@@ -167,12 +167,18 @@ def _read_tiff(path: PathLike, data: bytes) -> np.ndarray:
         n_pages = len(tif.pages)
         if n_pages > 1:
             raise ImageError(
-                path, f"multi-page TIFF ({n_pages} pages: a stack or volume); "
-                "regtool reads one 2-D image per file"
+                path,
+                f"multi-page TIFF ({n_pages} pages: a stack or volume); "
+                "regtool reads one 2-D image per file",
             )
         series = tif.series[0]
         axes = series.axes
         image = np.asarray(series.asarray())
+    # Drop length-1 axes other than rows and columns (e.g. a single sample or plane).
+    extra = tuple(i for i, a in enumerate(axes) if a not in "YX" and image.shape[i] == 1)
+    if extra and image.ndim - len(extra) >= 2:
+        image = image.squeeze(axis=extra)
+        axes = "".join(a for i, a in enumerate(axes) if i not in extra)
     if image.ndim == 3 and axes[0] == "S" and image.shape[0] in (3, 4):
         image = np.moveaxis(image, 0, -1)  # planar RGB(A) -> interleaved
     elif image.ndim >= 3 and axes[-1] != "S":
@@ -519,6 +525,10 @@ def _encode(path: Path, tmp: str, image: np.ndarray) -> None:
             kwargs["photometric"] = "rgb"
             if image.shape[-1] == 4:
                 kwargs["extrasamples"] = ("unassalpha",)
+            if image.dtype == np.bool_:
+                # tifffile packs 1-bit interleaved samples wrongly; one plane per channel works.
+                image = np.ascontiguousarray(np.moveaxis(image, -1, 0))
+                kwargs["planarconfig"] = "separate"
         iio.imwrite(tmp, image, plugin="tifffile", extension=".tif", **kwargs)
     elif fmt == "PNG":
         iio.imwrite(tmp, image, plugin="pillow", extension=".png")
