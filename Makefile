@@ -25,8 +25,22 @@ $(VENV)/.installed-bench: pyproject.toml | $(PY)
 
 install: $(VENV)/.installed
 
+# Align the sample pairs with the installed `regtool`, then show recovered beside true values.
+# Exits with regtool's status (1 if a registration did not converge), after printing both.
 demo: $(VENV)/.installed
-	$(PY) -m regtool demo
+	@mkdir -p out
+	@status=0; \
+	for pair in "" _251x301; do \
+	  echo "regtool align sample_images/target$$pair.png sample_images/source$$pair.png -o out/aligned$$pair.png"; \
+	  $(VENV)/bin/regtool align sample_images/target$$pair.png sample_images/source$$pair.png \
+	    -o out/aligned$$pair.png --params out/params$$pair.json --quiet || status=$$?; \
+	  if [ -f out/params$$pair.json ]; then \
+	    $(PY) sample_images/compare.py out/params$$pair.json sample_images/true_params$$pair.json; \
+	  fi; \
+	  echo; \
+	done; \
+	echo "Outputs in ./out/ (aligned images and their parameters)."; \
+	exit $$status
 
 test: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check regtool tests benchmarks
