@@ -39,16 +39,32 @@ __all__ = [
 ORDER = 3
 
 
+# Levels with more usable target pixels than this register on a selection of them: the most
+# textured quarter, never fewer than this many. Flat pixels carry little information about
+# the motion but cost as much to sample as an edge.
+DENSE_LIMIT = 1 << 16
+SELECT_FRACTION = 0.25
+
+
 @dataclass
 class LevelImages:
     """What the solvers need of one pyramid level.
 
+    The target is seen through a set of points: the whole grid in raster order (``dense``) or a
+    selection of its most textured pixels. Every per-pixel array is 1-D over those points.
+
     Attributes
     ----------
-    target : (H, W) float32
-        Target image f at this level.
-    target_valid : (H, W) bool
-        Target pixels that may count: inside the border margin and not masked.
+    shape : (H, W)
+        Target grid at this level.
+    target : (n,) float32
+        Target values f at the points.
+    grad_x, grad_y : (n,) float32
+        The target's exact spline derivatives at the points.
+    target_valid : (n,) bool
+        Points that may count: inside the border margin and not masked.
+    index : (n,) int or None
+        Raster indices of the points in the grid (None when dense).
     source_coeffs : (h, w) float32
         Cubic B-spline coefficients of the source g (prefiltered once per level).
     source_invalid : (h, w) bool or None
@@ -57,15 +73,75 @@ class LevelImages:
         Sampled source points must lie at least this far inside the source's pixel centers.
     """
 
+    shape: tuple[int, int]
     target: np.ndarray
+    grad_x: np.ndarray
+    grad_y: np.ndarray
     target_valid: np.ndarray
+    index: np.ndarray | None
     source_coeffs: np.ndarray
     source_invalid: np.ndarray | None
     margin: float
 
     @property
+    def dense(self) -> bool:
+        return self.index is None
+
+    @property
     def source_shape(self) -> tuple[int, int]:
         return self.source_coeffs.shape  # type: ignore[return-value]
+
+    def coords(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of the points, float64."""
+        if self.index is None:
+            ys, xs = np.indices(self.shape, dtype=np.float64)
+            return xs.ravel(), ys.ravel()
+        ys, xs = np.divmod(self.index, self.shape[1])
+        return xs.astype(np.float64), ys.astype(np.float64)
+
+    def sample(self, coeffs: np.ndarray, matrix: np.ndarray, order: int = ORDER,
+               mode: str = "mirror", cval: float = 0.0) -> np.ndarray:
+        """Values of the spline ``coeffs`` at ``matrix @ [x, y, 1]`` for every point."""
+        if self.index is None:
+            rc, offset = ndimage_affine(matrix)
+            return ndimage.affine_transform(
+                coeffs, rc, offset=offset, output_shape=self.shape, output=np.float32,
+                order=order, mode=mode, cval=cval, prefilter=False,
+            ).ravel()
+        return ndimage.map_coordinates(coeffs, self._source_coords(matrix), output=np.float32,
+                                       order=order, mode=mode, cval=cval, prefilter=False)
+
+    def _source_coords(self, matrix: np.ndarray) -> np.ndarray:
+        xs, ys = self.coords()
+        out = np.empty((2, xs.size))
+        out[0] = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]  # row = y'
+        out[1] = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]  # col = x'
+        return out
+
+    def overlap(self, matrix: np.ndarray) -> np.ndarray:
+        """Points that count at ``matrix``: valid in the target and mapping inside the source.
+
+        A sample must land at least ``margin`` inside the source's outer pixel centers, so border
+        padding never enters the fit, and away from masked source pixels.
+        """
+        sh, sw = self.source_shape
+        m = self.margin
+        eps = 1e-9
+        if self.index is None:
+            lo, hi = _row_intervals(matrix, self.shape, m, sw - 1 - m, m, sh - 1 - m)
+            xs = np.arange(self.shape[1], dtype=float)
+            inside = ((xs[None, :] >= lo[:, None] - eps) & (xs[None, :] <= hi[:, None] + eps))
+            inside = inside.ravel()
+        else:
+            rc = self._source_coords(matrix)
+            inside = ((rc[0] >= m - eps) & (rc[0] <= sh - 1 - m + eps)
+                      & (rc[1] >= m - eps) & (rc[1] <= sw - 1 - m + eps))
+        inside &= self.target_valid
+        if self.source_invalid is not None:
+            bad = self.sample(self.source_invalid.astype(np.float32), matrix, order=1,
+                              mode="constant", cval=1.0)
+            inside &= bad == 0
+        return inside
 
 
 def prepare_level(
@@ -74,8 +150,13 @@ def prepare_level(
     source: np.ndarray,
     source_valid: np.ndarray | None,
     margin: float,
+    select: bool = True,
 ) -> LevelImages:
-    """Precompute the per-level data: masks shrunk by ``margin`` and the source's spline."""
+    """Precompute the per-level data: masks shrunk by ``margin``, splines, target gradients.
+
+    With ``select`` and more than :data:`DENSE_LIMIT` usable target pixels, keep only the most
+    textured ones (largest gradient magnitude).
+    """
     h, w = target.shape
     m = int(math.ceil(margin))
     tv = np.zeros((h, w), dtype=bool)
@@ -83,12 +164,25 @@ def prepare_level(
     tv[m : h - m, m : w - m] = True
     if target_valid is not None:
         tv &= target_valid
+    tcoef = ndimage.spline_filter(target, order=ORDER, mode="mirror", output=np.float32)
+    gx, gy = spline_gradient(tcoef)
+    del tcoef
     coeffs = ndimage.spline_filter(source, order=ORDER, mode="mirror", output=np.float32)
     s_inv = None
     if source_valid is not None and not source_valid.all():
         # A cubic spline sample draws on a 4x4 neighbourhood: grow the invalid set by 2.
         s_inv = ndimage.binary_dilation(~source_valid, iterations=2)
-    return LevelImages(target, tv, coeffs, s_inv, margin)
+    n_valid = int(np.count_nonzero(tv))
+    keep = max(DENSE_LIMIT, int(SELECT_FRACTION * n_valid))
+    if not select or n_valid <= keep:
+        return LevelImages((h, w), target.ravel(), gx.ravel(), gy.ravel(), tv.ravel(), None,
+                           coeffs, s_inv, margin)
+    candidates = np.flatnonzero(tv)
+    strength = gx.ravel()[candidates] ** 2 + gy.ravel()[candidates] ** 2
+    chosen = np.argpartition(strength, strength.size - keep)[strength.size - keep :]
+    index = np.sort(candidates[chosen])  # raster order keeps the source reads local
+    return LevelImages((h, w), target.ravel()[index], gx.ravel()[index], gy.ravel()[index],
+                       np.ones(index.size, dtype=bool), index, coeffs, s_inv, margin)
 
 
 def sample(coeffs: np.ndarray, matrix: np.ndarray, shape: tuple[int, int],
@@ -128,27 +222,8 @@ def _row_intervals(matrix: np.ndarray, shape: tuple[int, int], lo_x: float, hi_x
 
 
 def overlap_mask(level: LevelImages, matrix: np.ndarray) -> np.ndarray:
-    """Target pixels that count at ``matrix``: valid in the target and mapping inside the source.
-
-    A sample must land at least ``level.margin`` inside the source's outer pixel centers, so
-    border padding never enters the fit, and away from masked source pixels.
-    """
-    shape = level.target.shape
-    sh, sw = level.source_shape
-    m = level.margin
-    eps = 1e-9
-    lo, hi = _row_intervals(matrix, shape, m, sw - 1 - m, m, sh - 1 - m)
-    xs = np.arange(shape[1], dtype=float)
-    inside = (xs[None, :] >= lo[:, None] - eps) & (xs[None, :] <= hi[:, None] + eps)
-    inside &= level.target_valid
-    if level.source_invalid is not None:
-        rc, offset = ndimage_affine(matrix)
-        bad = ndimage.affine_transform(
-            level.source_invalid.astype(np.float32), rc, offset=offset, output_shape=shape,
-            order=1, mode="constant", cval=1.0, prefilter=False,
-        )
-        inside &= bad == 0
-    return inside
+    """Points of ``level`` that count at ``matrix`` (see :meth:`LevelImages.overlap`)."""
+    return level.overlap(matrix)
 
 
 @dataclass
@@ -169,6 +244,12 @@ class Residual:
     offset: float
 
 
+def _sum_squares(e: np.ndarray) -> float:
+    # float32 accumulation over a million pixels loses the last digits the optimizers compare
+    flat = e.ravel()
+    return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
+
+
 def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: str) -> Residual:
     """Residual of the warped source against the target over ``valid`` pixels."""
     n = int(np.count_nonzero(valid))
@@ -177,7 +258,7 @@ def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: 
     if metric == "ssd":
         e = np.subtract(warped, target, dtype=np.float32)
         e[~valid] = 0.0
-        obj = float(np.dot(e.ravel(), e.ravel())) / n
+        obj = _sum_squares(e) / n
         return Residual(e, valid, n, obj, obj, 1.0, 0.0)
     # ncc: centre both on the overlap, then the best gain is cov / var(g).
     gv = warped[valid].astype(np.float64)
@@ -237,20 +318,18 @@ def loss_and_gradient(
     gradient : (3,) ndarray or None
         ``d objective / d (sx, sy, theta)``.
     """
-    shape = level.target.shape
-    valid = overlap_mask(level, matrix)
-    warped = sample(level.source_coeffs, matrix, shape)
-    res = residual(warped, level.target, valid, metric)
+    valid = level.overlap(matrix)
+    res = residual(level.sample(level.source_coeffs, matrix), level.target, valid, metric)
     if grad_coeffs is None or res.count == 0:
         return res, None
-    gxw = sample(grad_coeffs[0], matrix, shape)
-    gyw = sample(grad_coeffs[1], matrix, shape)
+    gxw = level.sample(grad_coeffs[0], matrix)
+    gyw = level.sample(grad_coeffs[1], matrix)
     cx, cy = center if center is not None else (0.0, 0.0)
     theta = math.atan2(matrix[1, 0] - matrix[0, 1], matrix[0, 0] + matrix[1, 1])
     c, s = math.cos(theta), math.sin(theta)
-    ys, xs = np.indices(shape, dtype=np.float32)
-    xs -= cx
-    ys -= cy
+    xs, ys = level.coords()
+    xs = xs - cx
+    ys = ys - cy
     # dPsi/dtheta = R'(theta)(x - c) = (-s*dx - c*dy, c*dx - s*dy)
     dpx = -s * xs - c * ys
     dpy = c * xs - s * ys

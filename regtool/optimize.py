@@ -45,54 +45,58 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
 
     The steepest-descent images ``grad f . dPsi/dp`` and the Hessian ``J^T J`` depend only on the
     target, so they are computed once per level (Baker and Matthews); each iteration then costs
-    one sampling of the source and a 3xN product. Pixels leaving the overlap are subtracted from
-    the precomputed Hessian instead of rebuilding it. A step that raises the objective is
-    rejected and retried with more damping: the loss never goes up.
+    one sampling of the source and a 3xN product. Points leaving the overlap are subtracted from
+    the precomputed Hessian instead of rebuilding it. A step that raises the objective by more
+    than rounding and the model's own predicted gain is rejected and retried with more damping.
     """
-    target = level.target
-    shape = target.shape
-    tv = level.target_valid.ravel()
+    tv = level.target_valid
     n_target = int(np.count_nonzero(tv))
-    tcoef = ndimage.spline_filter(target, order=L.ORDER, mode="mirror", output=np.float32)
-    gx, gy = L.spline_gradient(tcoef)
-    ys, xs = np.indices(shape, dtype=np.float32)
-    xs -= np.float32(center[0])
-    ys -= np.float32(center[1])
+    xs, ys = level.coords()
+    gx, gy = level.grad_x, level.grad_y
     # dPsi/d(sx, sy, theta) at the identity, about the center: (1, 0), (0, 1), (-(y-cy), x-cx).
-    sd = np.stack([gx, gy, gx * -ys + gy * xs]).reshape(3, -1)
+    sd = np.empty((3, gx.size), dtype=np.float32)
+    sd[0] = gx
+    sd[1] = gy
+    sd[2] = gy * (xs - center[0]) - gx * (ys - center[1])
     del xs, ys
     sd_t = sd[:, tv].astype(np.float64)
     h_all = sd_t @ sd_t.T
     del sd_t
 
     m = matrix.copy()
-    prev: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
+    # (matrix, hessian, gradient, objective, predicted reduction) of the last accepted point
+    prev: tuple[np.ndarray, np.ndarray, np.ndarray, float, float] | None = None
     lam = 0.0
     best_loss = math.inf
     overlap = 0.0
     it = 0
     while it < max_iter:
         it += 1
-        valid = L.overlap_mask(level, m)
+        valid = level.overlap(m)
         overlap = float(np.count_nonzero(valid)) / max(n_target, 1)
         if overlap < min_overlap:
             return LevelOutcome(m, it, best_loss, False, _overlap_fail(overlap, min_overlap),
                                 overlap)
-        res = L.residual(L.sample(level.source_coeffs, m, shape), target, valid, metric)
-        if prev is not None and res.objective > prev[3] * (1 + 1e-7):
-            # The last step made things worse: go back and take a shorter, more gradient-like one.
-            m_prev, h_prev, b_prev, obj_prev = prev
-            lam = max(10.0 * lam, 1e-3)
-            step = np.linalg.solve(h_prev + lam * np.diag(np.diag(h_prev)), b_prev)
-            inv = np.linalg.inv(about_center(*step, center))
-            m = m_prev @ inv
-            if max_displacement(inv, shape) < tol:
-                return LevelOutcome(m_prev, it, best_loss, True, None, overlap)
-            continue
+        res = L.residual(level.sample(level.source_coeffs, m), level.target, valid, metric)
+        if prev is not None:
+            rise = res.objective - prev[3]
+            if rise > 1e-6 * prev[3] and rise > 0.25 * prev[4]:
+                # The last step made things worse by more than the model can explain: go back
+                # and take a shorter, more gradient-like step.
+                m_prev, h_prev, b_prev, _, _ = prev
+                lam = max(10.0 * lam, 1e-3)
+                step = np.linalg.solve(h_prev + lam * np.diag(np.diag(h_prev)), b_prev)
+                pred = (2 * b_prev @ step - step @ h_prev @ step) / max(res.count, 1)
+                prev = (m_prev, h_prev, b_prev, prev[3], pred)
+                inv = np.linalg.inv(about_center(*step, center))
+                m = m_prev @ inv
+                if max_displacement(inv, level.shape) < tol:
+                    return LevelOutcome(m_prev, it, best_loss, True, None, overlap)
+                continue
         lam *= 0.1
         best_loss = res.loss
-        b = sd @ res.e.ravel()
-        lost = np.flatnonzero(tv & ~valid.ravel())
+        b = (sd @ res.e).astype(np.float64)
+        lost = np.flatnonzero(tv & ~valid)
         h = h_all
         if lost.size:
             s_lost = sd[:, lost].astype(np.float64)
@@ -100,19 +104,19 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
         if metric == "ncc":
             # The fitted offset makes e zero-mean on the overlap; centre the steepest-descent
             # images too, so the Hessian ignores the part a constant offset already explains.
-            mean = (sd @ valid.ravel().astype(np.float32)) / res.count
+            mean = (sd @ valid.astype(np.float32)).astype(np.float64) / res.count
             h = h - res.count * np.outer(mean, mean)
-        b = b.astype(np.float64)
         try:
             step = np.linalg.solve(h + lam * np.diag(np.diag(h)), b)
         except np.linalg.LinAlgError:
             return LevelOutcome(m, it, best_loss, False, "the image has no texture to align on",
                                 overlap)
-        prev = (m, h, b, res.objective)
+        pred = (2 * b @ step - step @ h @ step) / res.count
+        prev = (m, h, b, res.objective, pred)
         inv = np.linalg.inv(about_center(*step, center))
         m = m @ inv
         # M is an isometry, so the image moves by exactly as much as the update moves x.
-        if max_displacement(inv, shape) < tol:
+        if max_displacement(inv, level.shape) < tol:
             return LevelOutcome(m, it, best_loss, True, None, overlap)
     return LevelOutcome(m, it, best_loss, False,
                         f"did not converge in {max_iter} iterations", overlap)
@@ -133,17 +137,19 @@ def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, flo
     parameter moves the image by about one pixel; the line search guarantees that the loss never
     rises, and the step length carries over (doubled) from one iteration to the next.
     """
-    shape = level.target.shape
+    shape = level.shape
     n_target = int(np.count_nonzero(level.target_valid))
-    ys, xs = np.nonzero(level.target_valid)
-    rho2 = float(np.mean((xs - center[0]) ** 2 + (ys - center[1]) ** 2)) or 1.0
+    xs, ys = level.coords()
+    tv = level.target_valid
+    rho2 = float(np.mean((xs[tv] - center[0]) ** 2 + (ys[tv] - center[1]) ** 2)) or 1.0
+    del xs, ys
     precond = np.array([1.0, 1.0, 1.0 / rho2])
     gcoef = _source_gradient_coeffs(level)
     params = np.array(center_params(matrix, center))
 
     def evaluate(p: np.ndarray, with_grad: bool) -> tuple[L.Residual, np.ndarray | None, float]:
         m = about_center(*p, center)
-        valid = L.overlap_mask(level, m)
+        valid = level.overlap(m)
         frac = float(np.count_nonzero(valid)) / max(n_target, 1)
         if frac < min_overlap:
             return L.Residual(level.target, valid, 0, math.inf, math.inf, 1.0, 0.0), None, frac
@@ -200,12 +206,10 @@ def plain_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
     rotation's lever arm of up to the image diagonal then makes theta overshoot. Kept as the
     baseline that shows why regtool preconditions; ``center`` is ignored on purpose.
     """
-    shape = level.target.shape
+    shape = level.shape
     n_target = int(np.count_nonzero(level.target_valid))
-    tcoef = ndimage.spline_filter(level.target, order=L.ORDER, mode="mirror", output=np.float32)
-    tgx, tgy = L.spline_gradient(tcoef)
     tv = level.target_valid
-    curvature = 2.0 * float(np.mean(tgx[tv] ** 2 + tgy[tv] ** 2)) or 1.0
+    curvature = 2.0 * float(np.mean(level.grad_x[tv] ** 2 + level.grad_y[tv] ** 2)) or 1.0
     rate = 1.0 / curvature
     gcoef = _source_gradient_coeffs(level)
     params = np.array(rigid_params(matrix))
@@ -214,7 +218,7 @@ def plain_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
     overlap = 0.0
     for it in range(1, max_iter + 1):
         m = rigid_matrix(*params)
-        valid = L.overlap_mask(level, m)
+        valid = level.overlap(m)
         overlap = float(np.count_nonzero(valid)) / max(n_target, 1)
         if overlap < min_overlap:
             return LevelOutcome(m, it, loss_value, False, _overlap_fail(overlap, min_overlap),
