@@ -134,8 +134,8 @@ def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, flo
     """Gradient descent on ``(sx, sy, rho * theta)`` about the center, with Armijo backtracking.
 
     ``rho`` is the RMS distance of the target's pixels from the center, so one unit of each
-    parameter moves the image by about one pixel; the line search guarantees that the loss never
-    rises, and the step length carries over (doubled) from one iteration to the next.
+    parameter moves the image by about one pixel. Each trial step length comes from the
+    Barzilai-Borwein secant rule; the Armijo line search guarantees the loss never rises.
     """
     shape = level.shape
     n_target = int(np.count_nonzero(level.target_valid))
@@ -161,6 +161,7 @@ def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, flo
         return LevelOutcome(about_center(*params, center), 1, math.inf, False,
                             _overlap_fail(overlap, min_overlap), overlap)
     alpha = None
+    last: tuple[np.ndarray, np.ndarray] | None = None  # previous (params, gradient)
     it = 0
     while it < max_iter:
         it += 1
@@ -170,6 +171,16 @@ def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, flo
             return LevelOutcome(about_center(*params, center), it, res.loss, True, None, overlap)
         if alpha is None:
             alpha = 1.0 / unit  # first trial moves the image by one pixel at most
+        elif last is not None:
+            # Barzilai-Borwein: the step length a secant model of the curvature suggests, in
+            # the preconditioned metric. It adapts to narrow valleys, where a doubled last step
+            # would crawl; the line search below still keeps the loss from rising.
+            s_k, y_k = params - last[0], grad - last[1]
+            sy = float(s_k @ y_k)
+            if sy > 0:
+                alpha = float(s_k @ (s_k / precond)) / sy
+            else:
+                alpha *= 2.0
         slope = float(grad @ direction)
         accepted = False
         for _ in range(40):
@@ -185,6 +196,7 @@ def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, flo
         if not accepted:
             # No descent at a step far below the tolerance: this is the minimum.
             return LevelOutcome(about_center(*params, center), it, res.loss, True, None, overlap)
+        last = (params, grad)
         params = trial
         res, grad, overlap = evaluate(params, True)
         if grad is None:
@@ -192,7 +204,6 @@ def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, flo
                                 _overlap_fail(overlap, min_overlap), overlap)
         if moved < tol:
             return LevelOutcome(about_center(*params, center), it, res.loss, True, None, overlap)
-        alpha *= 2.0
     return LevelOutcome(about_center(*params, center), it, res.loss, False,
                         f"did not converge in {max_iter} iterations", overlap)
 
