@@ -7,8 +7,8 @@ computes. Exit statuses:
 * 1 -- the registration ran but did not converge (the outputs are still written, with
   ``"converged": false`` and the ``"reason"``), or regtool stopped on an unexpected internal
   error (one line on stderr, nothing written).
-* 2 -- bad usage or bad input: one line ``regtool: error: <file>: <problem>`` on stderr, nothing
-  written.
+* 2 -- bad usage or bad input, or an output that cannot be written: one line
+  ``regtool: error: <file>: <problem>`` on stderr, nothing written.
 * 130 -- interrupted (Ctrl-C); nothing written.
 
 Set ``REGTOOL_DEBUG=1`` to get a traceback instead of the one-line internal error.
