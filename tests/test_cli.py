@@ -430,6 +430,17 @@ def test_ctrl_c_while_writing_the_json_removes_the_image(work, monkeypatch):
     assert listing(work) == INPUTS
 
 
+def test_disk_full_while_writing_is_one_line_exit_2(work, monkeypatch):
+    def full(path, *args, **kwargs):
+        Path(path).write_bytes(b"part")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io.iio, "imwrite", full)
+    assert_one_line_error(run("align", "target.png", "source.png"), "source_aligned.png",
+                          "no space left")
+    assert listing(work) == INPUTS
+
+
 def test_ctrl_c_during_registration(work, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
