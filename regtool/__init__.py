@@ -10,9 +10,34 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .errors import InputError, RegtoolError
-from .register import LevelRecord, Result, align
-from .resample import warp
+
+if TYPE_CHECKING:
+    from .errors import InputError, RegtoolError
+    from .register import LevelRecord, Result, align
+    from .resample import warp
 
 __all__ = ["align", "warp", "Result", "LevelRecord", "InputError", "RegtoolError", "__version__"]
+
+# The public names load on first use, so `regtool --version` and `--help` never pay for
+# numpy and scipy.
+_WHERE = {
+    "align": "register", "Result": "register", "LevelRecord": "register", "warp": "resample",
+    "InputError": "errors", "RegtoolError": "errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        from importlib import import_module
+
+        value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -101,7 +101,7 @@ class Result:
     time_s : float
         Wall time of the call.
     overlap : float
-        Fraction of the target's pixels that map inside the source.
+        Fraction of the target's pixels that ``matrix`` maps inside the source's extent.
     target_shape, source_shape : tuple of int
         ``(rows, cols)`` of the inputs.
     """
@@ -265,7 +265,8 @@ def align(
         Starting transform in the public convention (e.g. a previous result). By default the
         images' centers are matched with no rotation.
     min_overlap : float
-        Fail when fewer than this fraction of the target's pixels map inside the source.
+        Fail when fewer than this fraction of the target's usable pixels map inside the source
+        (checked at every iteration of every level).
     progress : callable, optional
         Called as ``progress(record, index, total)`` after each level.
 
@@ -327,7 +328,6 @@ def align(
     converged = False
     reason: str | None = None
     loss_value = math.inf
-    overlap = 0.0
     for index, k in enumerate(range(n_levels - 1, -1, -1)):
         t_level = time.perf_counter()
         margin = MARGIN_FINE if k == 0 else MARGIN_COARSE
@@ -336,7 +336,7 @@ def align(
         level_tol = tol if k == 0 else max(tol, COARSE_TOL)
         out = solver(level, to_level(m, k), center, metric, level_tol, iters, min_overlap)
         m = from_level(out.matrix, k)
-        loss_value, overlap = out.loss, out.overlap
+        loss_value = out.loss
         rec = LevelRecord(k, pyr_f[k].shape, out.iterations, out.loss, out.converged,
                           time.perf_counter() - t_level)
         records.append(rec)
@@ -352,6 +352,7 @@ def align(
 
     tx, ty, theta = rigid_params(m)
     m = rigid_matrix(tx, ty, theta)  # re-orthonormalize what round-off left
+    overlap = L.overlap_fraction(m, f.shape, g.shape)
     center0 = image_center(f.shape)
     sx, sy, _ = center_params(m, center0)
     return Result(

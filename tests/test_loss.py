@@ -86,3 +86,16 @@ def test_ncc_residual_ignores_gain_and_offset():
     s = L.residual(g, f, valid, "ssd")
     assert math.isclose(s.loss, float(np.mean((g - f)[valid] ** 2)), rel_tol=1e-5)
     assert L.residual(0.5 * g + 3.0, f, valid, "ssd").loss > 1.0
+
+
+def test_overlap_fraction_counts_pixel_centers_inside_the_source():
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        th = rng.uniform(-np.pi, np.pi)
+        m = about_center(*rng.uniform(-40, 40, 2), th, (30.0, 20.0))
+        tshape, sshape = (41, 61), tuple(int(v) for v in rng.integers(20, 90, 2))
+        ys, xs = np.mgrid[0 : tshape[0], 0 : tshape[1]]
+        u = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
+        v = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
+        inside = (u >= -0.5) & (u <= sshape[1] - 0.5) & (v >= -0.5) & (v <= sshape[0] - 0.5)
+        assert math.isclose(L.overlap_fraction(m, tshape, sshape), inside.mean(), abs_tol=1e-12)

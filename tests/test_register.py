@@ -8,6 +8,7 @@ import pytest
 from synth import endpoint_error, make_pair, photo
 
 import regtool
+from regtool import pyramid
 from regtool.transform import about_center, rigid_params
 
 # (photo, rotation in degrees, shift as a fraction of the size): |theta| <= 20, |t| <= 10%
@@ -66,7 +67,7 @@ def test_plain_gd_fails_where_preconditioned_methods_succeed():
 def test_pure_subpixel_shift_has_no_pyramid_bias(shape):
     target, source, m = make_pair(photo(1), shape, (0.3, -0.7), 0.0)
     r = regtool.align(target, source)
-    assert len(r.levels) == regtool.pyramid.auto_levels(shape)
+    assert len(r.levels) == pyramid.auto_levels(shape)
     assert r.converged
     assert abs(r.tx - 0.3) < 0.01 and abs(r.ty + 0.7) < 0.01, (r.tx, r.ty)
     assert abs(r.theta) < 1e-4
