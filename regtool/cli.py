@@ -25,13 +25,14 @@ from typing import Any
 
 import click
 
+import regtool
+
 from . import io
 from ._version import __version__
+from .register import DEFAULT_OPTIMIZER, METRICS, OPTIMIZERS
 
 __all__ = ["cli", "main"]
 
-OPTIMIZERS = ("gauss-newton", "scaled", "gd")
-METRICS = ("ssd", "ncc")
 INTERPOLATIONS = ("cubic", "linear", "nearest")
 
 EXIT_OK = 0
@@ -260,7 +261,7 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
               help="Print the JSON document on stdout instead of the summary.")
 @click.option("--levels", type=click.IntRange(min=1), metavar="N",
               help="Pyramid levels. Default: so the coarsest side is 32 to 63 pixels.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="gauss-newton",
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=DEFAULT_OPTIMIZER,
               show_default=True, help="Per-level solver.")
 @click.option("--metric", type=click.Choice(METRICS), default="ssd", show_default=True,
               help="ssd: mean squared difference; ncc: normalized cross-correlation "
@@ -301,9 +302,6 @@ def align_command(
     TARGET is the reference; SOURCE is resampled onto TARGET's grid. Both may be gray, RGB or
     RGBA, 8/16-bit or float, of different sizes. The estimate uses their luminance.
     """
-    # Imported here so `regtool --help` and `--version` stay fast.
-    import regtool
-
     try:
         target_image = io.read_image(target)
         source_image = io.read_image(source)

@@ -8,7 +8,8 @@ problem in one line.
 Formats
 -------
 Reading: PNG, JPEG and the other single-image formats Pillow knows (BMP, GIF, WebP, PPM...)
-through imageio's ``pillow`` plugin, TIFF through its ``tifffile`` plugin.
+through imageio's ``pillow`` plugin; TIFF through tifffile (which imageio's TIFF plugin wraps), to
+see its pages and axes.
 
 Writing (chosen by the extension of the output path):
 
