@@ -42,6 +42,7 @@ from typing import Any
 import imageio.v3 as iio
 import numpy as np
 import tifffile
+from PIL import Image
 
 __all__ = [
     "ImageError",
@@ -250,6 +251,16 @@ def _as_supported_dtype(path: PathLike, image: np.ndarray) -> np.ndarray:
     )
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and the ones it was raised from or while handling."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
 def _detail(exc: BaseException) -> str:
     """The decoder's own words: imageio wraps them in messages about its plugins."""
     while "plugin" in str(exc) and (exc.__cause__ or exc.__context__) is not None:
@@ -308,6 +319,10 @@ def read_image(path: PathLike) -> np.ndarray:
     except MemoryError:
         raise ImageError(path, "image too large to fit in memory") from None
     except Exception as exc:  # decoders raise anything from SyntaxError to struct.error
+        if any(isinstance(e, Image.DecompressionBombError) for e in _chain(exc)):
+            raise ImageError(
+                path, f"image larger than Pillow's safety limit ({Image.MAX_IMAGE_PIXELS} pixels)"
+            ) from None
         if fmt is None:
             raise ImageError(path, "not an image file (unrecognized format)") from None
         detail = _detail(exc)

@@ -247,6 +247,12 @@ def test_truncated_tiff(tmp_path):
     refuse(tmp_path / "cut.tif", "truncated or corrupt tiff")
 
 
+def test_decompression_bomb(tmp_path, monkeypatch):
+    write_image(tmp_path / "big.png", make_image("uint8", 1))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the image has 713: twice over
+    refuse(tmp_path / "big.png", "safety limit")
+
+
 def test_multipage_tiff(tmp_path):
     with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:
         tif.write(make_image("uint8", 1))
