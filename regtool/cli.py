@@ -25,11 +25,13 @@ from typing import Any
 
 import click
 
-import regtool
-
-from . import io
 from ._version import __version__
-from .register import DEFAULT_OPTIMIZER, METRICS, OPTIMIZERS
+
+# The engine's names, repeated here so `regtool --version` and `--help` load neither numpy nor
+# scipy; tests/test_cli.py checks they match regtool.register's.
+OPTIMIZERS = ("gauss-newton", "scaled", "gd")
+DEFAULT_OPTIMIZER = "gauss-newton"
+METRICS = ("ssd", "ncc")
 
 __all__ = ["cli", "main"]
 
@@ -302,6 +304,9 @@ def align_command(
     TARGET is the reference; SOURCE is resampled onto TARGET's grid. Both may be gray, RGB or
     RGBA, 8/16-bit or float, of different sizes. The estimate uses their luminance.
     """
+    import regtool
+    from regtool import io
+
     try:
         target_image = io.read_image(target)
         source_image = io.read_image(source)

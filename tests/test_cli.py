@@ -221,6 +221,15 @@ def test_help_and_version():
     assert result.exit_code == 0 and "Usage" in result.stdout
 
 
+def test_cli_names_match_the_engine():
+    from regtool import register, resample
+
+    assert cli_module.OPTIMIZERS == register.OPTIMIZERS
+    assert cli_module.METRICS == register.METRICS
+    assert cli_module.DEFAULT_OPTIMIZER == register.DEFAULT_OPTIMIZER
+    assert set(cli_module.INTERPOLATIONS) == set(resample.INTERP_ORDERS)
+
+
 def test_python_dash_m_version():
     proc = subprocess.run([sys.executable, "-m", "regtool", "--version"], capture_output=True,
                           text=True, timeout=60)
