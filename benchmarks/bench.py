@@ -316,6 +316,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="case seed (default 0)")
     p.add_argument("--out", type=Path, default=HERE / "RESULTS.md",
                    help="markdown report (default benchmarks/RESULTS.md; '-' for none)")
+    p.add_argument("--csv", type=Path, default=None,
+                   help="also write one row per (case, method) to this CSV file")
     p.add_argument("--no-cli", action="store_true", help="skip the CLI wall-time measurement")
     return p.parse_args(argv)
 
@@ -372,11 +374,30 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t_start
     print(f"total bench time {elapsed / 60:.1f} min")
 
+    if args.csv is not None:
+        write_csv(args.csv, all_runs)
+        print(f"wrote {args.csv}")
     if str(args.out) != "-":
         write_report(args, sections, checks, cli, elapsed, all_runs, threads, photo_note,
                      sorted(upsampled), note)
         print(f"wrote {args.out}")
     return 0
+
+
+def write_csv(path: Path, runs: list[Run]) -> None:
+    """One row per run: the case's parameters, the method, its error, time and status."""
+    import csv
+
+    with path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["case", "tier", "photo", "theta_deg", "shift_x", "shift_y", "gain", "bias",
+                      "method", "error_px", "time_ms", "converged", "failure"])
+        for r in runs:
+            c = r.case
+            out.writerow([c.name, c.tier, c.photo, f"{c.theta_deg:.4f}", f"{c.shift[0]:.4f}",
+                          f"{c.shift[1]:.4f}", f"{c.gain:.4f}", f"{c.bias:.3f}", r.method,
+                          f"{r.error:.5f}", f"{1000 * r.seconds:.2f}",
+                          "" if r.converged is None else int(r.converged), r.failure or ""])
 
 
 def _discrepancies(runs: list[Run]) -> list[str]:
