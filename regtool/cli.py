@@ -262,7 +262,7 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
 @click.option("--json", "as_json", is_flag=True,
               help="Print the JSON document on stdout instead of the summary.")
 @click.option("--levels", type=click.IntRange(min=1), metavar="N",
-              help="Pyramid levels. Default: so the coarsest side is 32 to 63 pixels.")
+              help="Pyramid levels. Default: so the coarsest side is 24 to 47 pixels.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=DEFAULT_OPTIMIZER,
               show_default=True, help="Per-level solver.")
 @click.option("--metric", type=click.Choice(METRICS), default="ssd", show_default=True,

@@ -16,9 +16,9 @@ from scipy import ndimage
 
 __all__ = ["auto_levels", "downsample", "downsample_mask", "build", "MIN_COARSE_SIDE"]
 
-# The coarsest level keeps its shorter side in [32, 64): smaller holds too little texture for a
+# The coarsest level keeps its shorter side in [24, 48): smaller holds too little texture for a
 # reliable fit, larger wastes the capture range that coarse levels are for.
-MIN_COARSE_SIDE = 32
+MIN_COARSE_SIDE = 24
 # Pre-blur before the 2x2 box: with the box's own variance (1/4) the effective kernel has
 # sigma ~ 0.78 fine pixels, enough to keep aliasing low while keeping detail at each level.
 PRE_SIGMA = 0.6

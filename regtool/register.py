@@ -247,7 +247,7 @@ def align(
         may differ. Estimation uses luminance (integers scaled to [0, 1]); NaN and infinite
         pixels and fully transparent ones are left out.
     levels : int, optional
-        Pyramid levels; by default chosen so the coarsest shorter side is 32 to 63 pixels.
+        Pyramid levels; by default chosen so the coarsest shorter side is 24 to 47 pixels.
     optimizer : {"gauss-newton", "scaled", "gd"}
         ``gauss-newton``: inverse-compositional Gauss-Newton with Levenberg-Marquardt damping
         (the default: most accurate and fastest in the benchmark). ``scaled``: gradient descent on
