@@ -318,17 +318,31 @@ def spline_gradient(coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return gx, gy
 
 
+def _derivative_taps(radius: int = 6) -> np.ndarray:
+    """Correlation weights of the exact cubic-spline derivative at the pixel centers.
+
+    The exact filter (prefilter, then ``(c[n+1] - c[n-1]) / 2``) is infinite, but its taps
+    shrink by a factor 2 - sqrt(3) ~ 0.27 per pixel: at radius 6 the rest is about 0.01%.
+    """
+    impulse = np.zeros(4 * radius + 1)
+    impulse[2 * radius] = 1.0
+    coeffs = ndimage.spline_filter1d(impulse, order=ORDER, mode="mirror")
+    response = ndimage.correlate1d(coeffs, [-0.5, 0.0, 0.5], mode="mirror")
+    # correlate1d applies weights reversed relative to an impulse response
+    return response[radius : 3 * radius + 1][::-1].astype(np.float32)
+
+
+DERIVATIVE_TAPS = _derivative_taps()
+
+
 def image_gradient(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The same derivatives as :func:`spline_gradient`, straight from the image's samples.
+    """The derivatives of :func:`spline_gradient`, straight from the image's samples.
 
     Along y, the value filter ``(1, 4, 1) / 6`` undoes the y prefilter exactly, so the x
-    derivative needs only the prefilter along x and the slope filter: half the passes.
+    derivative is a 1-D filter along x alone (and vice versa): one short FIR pass per axis.
     """
-    diff = np.array([-0.5, 0.0, 0.5], dtype=np.float32)
-    gx = ndimage.spline_filter1d(image, order=ORDER, axis=1, mode="mirror", output=np.float32)
-    ndimage.correlate1d(gx, diff, axis=1, mode="mirror", output=gx)
-    gy = ndimage.spline_filter1d(image, order=ORDER, axis=0, mode="mirror", output=np.float32)
-    ndimage.correlate1d(gy, diff, axis=0, mode="mirror", output=gy)
+    gx = ndimage.correlate1d(image, DERIVATIVE_TAPS, axis=1, mode="mirror", output=np.float32)
+    gy = ndimage.correlate1d(image, DERIVATIVE_TAPS, axis=0, mode="mirror", output=np.float32)
     return gx, gy
 
 

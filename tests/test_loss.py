@@ -99,3 +99,18 @@ def test_overlap_fraction_counts_pixel_centers_inside_the_source():
         v = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
         inside = (u >= -0.5) & (u <= sshape[1] - 0.5) & (v >= -0.5) & (v <= sshape[0] - 0.5)
         assert math.isclose(L.overlap_fraction(m, tshape, sshape), inside.mean(), abs_tol=1e-12)
+
+
+def test_fast_image_gradient_matches_exact_spline_derivative():
+    rng = np.random.default_rng(11)
+    img = ndimage.gaussian_filter(rng.random((70, 90)), 1.0).astype(np.float32)
+    coeffs = ndimage.spline_filter(img, order=3, mode="mirror", output=np.float32)
+    exact = L.spline_gradient(coeffs)
+    fast = L.image_gradient(img)
+    scale = max(np.abs(exact[0]).max(), np.abs(exact[1]).max())
+    for e, f in zip(exact, fast, strict=True):
+        assert np.abs(e - f).max() < 1e-3 * scale
+    # and the exact one is the derivative of what the spline interpolates
+    h = 1e-3
+    row = ndimage.map_coordinates(coeffs, [[30, 30], [40 - h, 40 + h]], order=3, prefilter=False)
+    assert math.isclose((row[1] - row[0]) / (2 * h), exact[0][30, 40], rel_tol=1e-3)
