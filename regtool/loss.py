@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ._filters import correlate_rows
 from .resample import ndimage_affine
 
 __all__ = [
@@ -342,7 +343,7 @@ def image_gradient(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     derivative is a 1-D filter along x alone (and vice versa): one short FIR pass per axis.
     """
     gx = ndimage.correlate1d(image, DERIVATIVE_TAPS, axis=1, mode="mirror", output=np.float32)
-    gy = ndimage.correlate1d(image, DERIVATIVE_TAPS, axis=0, mode="mirror", output=np.float32)
+    gy = correlate_rows(image, DERIVATIVE_TAPS, mode="mirror")
     return gx, gy
 
 

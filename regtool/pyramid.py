@@ -14,6 +14,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from ._filters import correlate_rows, gaussian_taps
+
 __all__ = ["auto_levels", "downsample", "downsample_mask", "build", "MIN_COARSE_SIDE"]
 
 # The coarsest level keeps its shorter side in [24, 48): smaller holds too little texture for a
@@ -22,6 +24,7 @@ MIN_COARSE_SIDE = 24
 # Pre-blur before the 2x2 box: with the box's own variance (1/4) the effective kernel has
 # sigma ~ 0.78 fine pixels, enough to keep aliasing low while keeping detail at each level.
 PRE_SIGMA = 0.6
+_PRE_TAPS = gaussian_taps(PRE_SIGMA, truncate=3.0)
 
 
 def auto_levels(*shapes: tuple[int, ...], min_side: int = MIN_COARSE_SIDE) -> int:
@@ -52,11 +55,17 @@ def max_levels(*shapes: tuple[int, ...], min_side: int = 8) -> int:
 
 
 def downsample(image: np.ndarray) -> np.ndarray:
-    """Halve a 2-D float image: light Gaussian blur, then the mean of each 2x2 block."""
+    """Halve a 2-D float image: light Gaussian blur, then the mean of each 2x2 block.
+
+    Both steps are separable, so the columns are blurred and paired first and the rows then
+    filtered at half the width: the same result as blurring the whole image, for less work.
+    """
     h, w = image.shape[0] // 2, image.shape[1] // 2
-    blurred = ndimage.gaussian_filter(image, PRE_SIGMA, mode="nearest", truncate=3.0)
-    b = blurred[: 2 * h, : 2 * w]
-    return 0.25 * (b[0::2, 0::2] + b[0::2, 1::2] + b[1::2, 0::2] + b[1::2, 1::2])
+    b = ndimage.gaussian_filter1d(image, PRE_SIGMA, axis=1, mode="nearest", truncate=3.0,
+                                  output=np.float32)
+    b = 0.5 * (b[:, 0 : 2 * w : 2] + b[:, 1 : 2 * w : 2])
+    b = correlate_rows(b, _PRE_TAPS, mode="nearest")
+    return 0.5 * (b[0 : 2 * h : 2] + b[1 : 2 * h : 2])
 
 
 def downsample_mask(mask: np.ndarray) -> np.ndarray:

@@ -45,3 +45,17 @@ def test_mask_pyramid_never_calls_a_pixel_valid_near_an_invalid_one():
     assert not coarse[15, 20]
     assert coarse.sum() >= coarse.size - 9
     assert pyramid.build_mask(None, 3) == [None, None, None]
+
+
+@pytest.mark.parametrize("mode", ["mirror", "reflect", "nearest"])
+@pytest.mark.parametrize("shape", [(301, 251), (7, 40), (3, 5)])
+def test_row_filter_by_slicing_equals_scipy(mode, shape):
+    from scipy import ndimage
+
+    from regtool._filters import correlate_rows
+
+    rng = np.random.default_rng(2)
+    img = rng.random(shape).astype(np.float32)
+    w = rng.random(13).astype(np.float32)
+    expect = ndimage.correlate1d(img, w, axis=0, mode=mode)
+    assert np.allclose(correlate_rows(img, w, mode), expect, atol=1e-5)
