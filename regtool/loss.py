@@ -252,11 +252,17 @@ def overlap_mask(level: LevelImages, matrix: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Residual:
-    """Residual of one evaluation: ``e = a * g(Psi) + b - f`` on the overlap, 0 elsewhere.
+    """Residual of one evaluation: ``e = a * (g(Psi) - mean g) + mean f - f`` on the overlap.
 
-    ``a = 1, b = 0`` for ``ssd``; the least-squares gain and offset for ``ncc``. ``objective`` is
-    the mean of ``e**2`` over the overlap (what the optimizers minimize); ``loss`` is the
-    reported value (``ssd``: the same; ``ncc``: ``1 - ncc``).
+    ``ssd``: ``a = 1`` and no centering, so ``e = g(Psi) - f``. ``ncc``: ``a = std f / std g``
+    over the overlap, so ``e`` is the difference of the two standardized images in the target's
+    units and ``mean(e**2) = 2 var(f) (1 - ncc)``. (The least-squares gain ``cov / var g``
+    would not do: it shrinks a poorly correlated source to a constant and the step with it.)
+    ``e`` is 0 off the overlap. ``objective`` is ``mean(e**2)``, what the optimizers minimize;
+    ``loss`` is the reported value (``ssd``: the same; ``ncc``: ``1 - ncc``). ``e_grad`` is what
+    multiplies ``a * grad g . dPsi/dp`` in the exact gradient of the objective: ``e`` itself for
+    ``ssd``; for ``ncc`` ``e`` minus its projection on the standardized source, because ``a``
+    and the means move with the parameters too.
     """
 
     e: np.ndarray
@@ -265,7 +271,7 @@ class Residual:
     objective: float
     loss: float
     gain: float
-    offset: float
+    e_grad: np.ndarray | None = None
 
 
 def _sum_squares(e: np.ndarray) -> float:
@@ -278,27 +284,27 @@ def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: 
     """Residual of the warped source against the target over ``valid`` pixels."""
     n = int(np.count_nonzero(valid))
     if n == 0:
-        return Residual(np.zeros_like(target), valid, 0, math.inf, math.inf, 1.0, 0.0)
+        return Residual(np.zeros_like(target), valid, 0, math.inf, math.inf, 1.0)
     if metric == "ssd":
         e = np.subtract(warped, target, dtype=np.float32)
         e[~valid] = 0.0
         obj = _sum_squares(e) / n
-        return Residual(e, valid, n, obj, obj, 1.0, 0.0)
-    # ncc: centre both on the overlap, then the best gain is cov / var(g).
+        return Residual(e, valid, n, obj, obj, 1.0, e)
     gv = warped[valid].astype(np.float64)
     fv = target[valid].astype(np.float64)
     gm, fm = gv.mean(), fv.mean()
     gc, fc = gv - gm, fv - fm
     sgg, sff, sgf = float(gc @ gc), float(fc @ fc), float(gc @ fc)
     if sgg <= 0.0 or sff <= 0.0:
-        return Residual(np.zeros_like(target), valid, n, math.inf, math.inf, 1.0, 0.0)
-    a = sgf / sgg
-    b = fm - a * gm
-    e = (a * warped + b - target).astype(np.float32)
-    e[~valid] = 0.0
+        return Residual(np.zeros_like(target), valid, n, math.inf, math.inf, 1.0)
+    a = math.sqrt(sff / sgg)
     ncc = sgf / math.sqrt(sgg * sff)
-    obj = max(sff * (1.0 - ncc * ncc), 0.0) / n
-    return Residual(e, valid, n, obj, 1.0 - ncc, a, b)
+    e = np.zeros(target.shape, dtype=np.float32)
+    e[valid] = a * gc - fc
+    e_grad = np.zeros(target.shape, dtype=np.float32)
+    e_grad[valid] = a * ncc * gc - fc
+    obj = 2.0 * sff * (1.0 - ncc) / n
+    return Residual(e, valid, n, obj, 1.0 - ncc, a, e_grad)
 
 
 def spline_gradient(coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -411,9 +417,9 @@ def loss_and_gradient(
     # dPsi/dtheta = R'(theta)(x - c) = (-s*dx - c*dy, c*dx - s*dy)
     dpx = -s * xs - c * ys
     dpy = c * xs - s * ys
-    # d/dp mean(e^2) = 2/n sum e * a * (grad g . dPsi/dp); e is already 0 off the overlap.
+    # d/dp mean(e^2) = 2/n sum e_grad * a * (grad g . dPsi/dp); 0 off the overlap.
     k = 2.0 * res.gain / res.count
-    e = res.e.astype(np.float64)
+    e = res.e_grad.astype(np.float64)
     g0 = k * float(np.sum(e * gxw))
     g1 = k * float(np.sum(e * gyw))
     g2 = k * float(np.sum(e * (gxw * dpx + gyw * dpy)))

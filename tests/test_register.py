@@ -217,3 +217,15 @@ def test_integer_output_is_clipped_not_wrapped():
     assert out16.dtype == np.uint16
     assert out16[:, 22:39].min() > 65000 and out16[:, 1:17].max() < 500
     assert out16[:, -1].max() == 0  # the last column samples outside: the fill value
+
+
+def test_ncc_moves_from_a_poorly_correlated_start():
+    # A least-squares gain (cov / var) shrinks a badly aligned source to a constant and the
+    # Gauss-Newton step with it; the standardized residual keeps the step at full size.
+    shape = (301, 251)
+    target, source, m = make_pair(photo(1), shape, (-18.4, 22.3), -2.9, noise=0.01, gain=0.77,
+                                  offset=0.05, seed=4)
+    for optimizer in ("gauss-newton", "scaled"):
+        r = regtool.align(target, source, metric="ncc", optimizer=optimizer)
+        assert r.converged, r.reason
+        assert endpoint_error(m, r.matrix, shape) < 0.05
