@@ -159,8 +159,12 @@ class Result:
         }
 
 
-def _luminance(image: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Float32 luminance and validity mask (None: all valid) of a gray/RGB/RGBA array."""
+def _luminance(image: np.ndarray, which: str, mask: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Float32 luminance and validity mask (None: all valid) of a gray/RGB/RGBA array.
+
+    ``mask`` (nonzero = use) is combined with the pixels that are NaN, infinite or transparent.
+    """
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
@@ -191,12 +195,22 @@ def _luminance(image: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray | 
     if alpha is not None:
         valid &= alpha > 0
     n_bad = valid.size - int(np.count_nonzero(valid))
+    if n_bad > MAX_NONFINITE * valid.size:
+        what = "transparent, NaN or infinite" if alpha is not None else "NaN or infinite"
+        raise InputError(f"{100 * n_bad / valid.size:.0f}% of the pixels are {what} "
+                         f"(at most {100 * MAX_NONFINITE:.0f}% can be masked)", which)
+    if mask is not None:
+        user = np.asarray(mask)
+        if user.shape != valid.shape:
+            raise InputError(f"the mask's shape {user.shape} does not match the image's "
+                             f"{valid.shape}", which)
+        valid &= user.astype(bool)
+        n_bad = valid.size - int(np.count_nonzero(valid))
+        if valid.size - n_bad < MIN_SIDE * MIN_SIDE:
+            raise InputError(f"the mask leaves only {valid.size - n_bad} usable pixels "
+                             f"(at least {MIN_SIDE * MIN_SIDE} needed)", which)
     mask = None
     if n_bad:
-        if n_bad > MAX_NONFINITE * valid.size:
-            what = "transparent, NaN or infinite" if alpha is not None else "NaN or infinite"
-            raise InputError(f"{100 * n_bad / valid.size:.0f}% of the pixels are {what} "
-                             f"(at most {100 * MAX_NONFINITE:.0f}% can be masked)", which)
         mask = valid
         # Fill masked pixels with the mean so blurring and splines see no spikes there.
         lum = np.where(valid, lum, np.float32(lum[valid].mean())).astype(np.float32)
@@ -232,6 +246,8 @@ def align(
     tol: float = 1e-3,
     init: Sequence[float] | None = None,
     min_overlap: float = 0.25,
+    target_mask: np.ndarray | None = None,
+    source_mask: np.ndarray | None = None,
     progress: Callable[[LevelRecord, int, int], None] | None = None,
 ) -> Result:
     """Find the rigid transform that best maps ``target``'s pixels onto ``source``.
@@ -267,6 +283,10 @@ def align(
     min_overlap : float
         Fail when fewer than this fraction of the target's usable pixels map inside the source
         (checked at every iteration of every level).
+    target_mask, source_mask : ndarray, optional
+        Boolean (or nonzero = use) arrays of the images' ``(H, W)``: pixels to leave out, such
+        as scale bars, time stamps, black borders or saturated areas. Combined with NaN,
+        infinite and fully transparent pixels, which are always left out.
     progress : callable, optional
         Called as ``progress(record, index, total)`` after each level.
 
@@ -298,8 +318,8 @@ def align(
     """
     t_start = time.perf_counter()
     _check_options(optimizer, metric, tol, max_iter, min_overlap)
-    f, f_mask = _luminance(target, "target")
-    g, g_mask = _luminance(source, "source")
+    f, f_mask = _luminance(target, "target", target_mask)
+    g, g_mask = _luminance(source, "source", source_mask)
     n_max = pyramid.max_levels(f.shape, g.shape)
     if levels is None:
         n_levels = pyramid.auto_levels(f.shape, g.shape)

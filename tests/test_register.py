@@ -229,3 +229,32 @@ def test_ncc_moves_from_a_poorly_correlated_start():
         r = regtool.align(target, source, metric="ncc", optimizer=optimizer)
         assert r.converged, r.reason
         assert endpoint_error(m, r.matrix, shape) < 0.05
+
+
+def test_masked_time_stamp_no_longer_pulls_the_result():
+    # A time stamp sits at the same place in both frames while the scene moves under it: it
+    # pulls toward the identity unless masked out.
+    shape = (200, 200)
+    target, source, m = make_pair(photo(0), shape, (4.0, -3.0), 3.0)
+    stamp = np.zeros((36, 120))
+    stamp[:, ::6] = 1.0
+    stamp[::6, :] = 1.0
+    for img in (target, source):
+        img[6:42, 6:126] = stamp
+    mask = np.ones(shape, bool)
+    mask[4:44, 4:128] = False
+    free = regtool.align(target, source)
+    masked = regtool.align(target, source, target_mask=mask, source_mask=mask)
+    assert masked.converged, masked.reason
+    assert endpoint_error(m, masked.matrix, shape) < 0.05
+    assert endpoint_error(m, free.matrix, shape) > 0.2  # without the mask, pulled away
+
+
+def test_mask_shape_and_coverage_are_checked():
+    img = photo(0)[:64, :64]
+    with pytest.raises(regtool.InputError, match="shape") as info:
+        regtool.align(img, img, source_mask=np.ones((64, 63), bool))
+    assert info.value.which == "source"
+    with pytest.raises(regtool.InputError, match="usable pixels") as info:
+        regtool.align(img, img, target_mask=np.zeros((64, 64), bool))
+    assert info.value.which == "target"
