@@ -113,6 +113,12 @@ def test_sample_photographs_read(tmp_path):
     assert camera.shape == (512, 512) and camera.dtype == np.uint8
     retina = read_image(SAMPLES / "retina.jpg")
     assert retina.shape == (1411, 1411, 3) and retina.dtype == np.uint8
+    shapes = {"coffee.jpg": (400, 600, 3), "rocket.jpg": (427, 640, 3),
+              "hubble_deep_field.jpg": (600, 600, 3), "gravel.jpg": (512, 512)}
+    for name, shape in shapes.items():
+        photo = read_image(SAMPLES / name)
+        assert photo.shape == shape and photo.dtype == np.uint8, name
+        assert (SAMPLES / name).stat().st_size < 150_000, name
 
 
 # --------------------------------------------------------------------------------------------
