@@ -50,6 +50,8 @@ Examples:
   regtool align fixed.tif moving.tif -o out/aligned.tif --params out/p.json
   regtool align a.png b.png --metric ncc --json > params.json
   regtool align a.png b.png --init 12.5,-3,7 --optimizer scaled
+  regtool align a.tif b.tif --target-mask a_bar.png --source-mask b_bar.png
+      leaves out what the masks paint black (e.g. a scale bar)
 
 Run 'regtool align --help' for every option. Exit status: 0 converged, 1 did not
 converge (outputs written anyway) or internal error, 2 bad usage or input, 130
@@ -66,6 +68,15 @@ Outputs:
   otherwise. Outputs are written atomically, both or neither.
 
 \b
+Masks:
+  --target-mask and --source-mask name images of the target's and the source's
+  size (any type regtool reads) that say which pixels to use: nonzero (white) =
+  use, 0 (black) = leave out, e.g. a scale bar, a time stamp, a black border or
+  a saturated area. A color mask uses a pixel when any of R, G, B is nonzero; a
+  fully transparent pixel is never used; a JPEG mask uses values above 127
+  (JPEG's black is seldom exactly 0).
+
+\b
 Conventions:
   Pixel (x, y) is image[y, x], (0, 0) the center of the top-left pixel. The
   matrix maps TARGET pixels to SOURCE pixels: aligned[y, x] = source(M [x, y, 1]),
@@ -77,6 +88,8 @@ Examples:
   regtool align target.png source.png -o out/aligned.png --params out/params.json
   regtool align t.tif s.tif --metric ncc --levels 5 --tol 0.01 --quiet
   regtool align t.png s.png --init=-4.5,10,2.5 --json
+  regtool align t.png s.png --target-mask no_scale_bar.png --source-mask no_scale_bar.png
+  regtool align t.png s.png --min-overlap 0.1
 """
 
 
@@ -185,6 +198,18 @@ def _input_path(which: str | None, target: str, source: str) -> str | None:
     return {"target": target, "source": source}.get(which or "")
 
 
+def _read_mask(path: str | None, image: Any, which: str, image_path: str) -> Any:
+    """The mask at ``path`` as a bool (H, W) array of ``image``'s size, or None."""
+    from regtool import io
+
+    if path is None:
+        return None
+    try:
+        return io.read_mask(path, image.shape[:2], f"the {which} {image_path}")
+    except io.ImageError as exc:
+        raise _Failure(str(exc)) from None
+
+
 def _channels(image: Any) -> int:
     return 1 if image.ndim == 2 else int(image.shape[-1])
 
@@ -224,6 +249,33 @@ def _stderr_is_terminal() -> bool:
         return False
 
 
+def _number(value: Any, spec: str) -> str:
+    return "n/a" if not isinstance(value, int | float) else format(value, spec)
+
+
+def _percent(value: Any) -> str:
+    return "n/a" if not isinstance(value, int | float) else f"{100 * value:.1f} %"
+
+
+def _init_text(init: dict[str, Any]) -> str:
+    method = init.get("method", "?")
+    where = (f"{_number(init.get('tx'), '+.2f')}, {_number(init.get('ty'), '+.2f')} px, "
+             f"{_number(init.get('theta_deg'), '+.2f')} deg")
+    if method == "auto":
+        extra = []
+        if isinstance(init.get("candidates"), int):
+            extra.append(f"{init['candidates']} candidates")
+        if isinstance(init.get("time_s"), int | float):
+            extra.append(f"{init['time_s']:.2f} s")
+        more = f" ({', '.join(extra)})" if extra else ""
+        return f"global search{more}: {where}"
+    if method == "given":
+        return f"given: {where}"
+    if method == "none":
+        return f"centers matched: {where}"
+    return f"{method}: {where}"
+
+
 def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
     loss = doc.get("loss")
     loss_text = "n/a" if loss is None else f"{loss:.6g}"
@@ -238,7 +290,19 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
         f"theta      {doc['theta_deg']:+.4f} deg ({doc['theta']:+.6f} rad)",
         f"tx, ty     {doc['tx']:+.4f}, {doc['ty']:+.4f} px (rotation about pixel (0, 0))",
         f"shift      {sx:+.4f}, {sy:+.4f} px (rotation about the center {cx:g}, {cy:g})",
-        f"loss       {loss_text} ({doc['metric']}), overlap {100 * doc['overlap']:.1f} %",
+        f"loss       {loss_text} ({doc['metric']}), overlap {_percent(doc.get('overlap'))}",
+    ]
+    match = []
+    if "ncc" in doc:
+        match.append(f"ncc {_number(doc['ncc'], '.4f')}")
+    if "residual" in doc:
+        match.append(f"residual {_number(doc['residual'], '.4g')} (RMS)")
+    if match:
+        lines.append(f"match      {', '.join(match)} over the overlap")
+    init = doc.get("init")
+    if isinstance(init, dict):
+        lines.append(f"start      {_init_text(init)}")
+    lines += [
         f"converged  {status}",
         f"time       {doc['time_s']:.2f} s ({doc['optimizer']}, {n_levels} levels)",
         f"aligned    {out_image}",
@@ -276,6 +340,15 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
 @click.option("--init", type=_InitType(), metavar="TX,TY,DEG",
               help="Starting transform (tx, ty in px, theta in degrees), e.g. from a "
                    "previous result.")
+@click.option("--target-mask", metavar="FILE",
+              help="Image of the target's size: nonzero = use the pixel, 0 = leave it out "
+                   "(e.g. a scale bar or a time stamp).")
+@click.option("--source-mask", metavar="FILE",
+              help="The same for the source, of the source's size.")
+@click.option("--min-overlap", type=click.FloatRange(min=0, max=1, min_open=True),
+              default=0.25, show_default=True, metavar="FRACTION",
+              help="Give up (not converged, exit 1) when less than this fraction of the "
+                   "target's usable pixels maps inside the source.")
 @click.option("--interp", type=click.Choice(INTERPOLATIONS), default="cubic",
               show_default=True, help="Interpolation of the aligned image.")
 @click.option("--fill", type=float, default=0.0, show_default=True, metavar="VALUE",
@@ -295,6 +368,9 @@ def align_command(
     max_iter: int | None,
     tol: float,
     init: tuple[float, float, float] | None,
+    target_mask: str | None,
+    source_mask: str | None,
+    min_overlap: float,
     interp: str,
     fill: float,
     quiet: bool,
@@ -312,6 +388,9 @@ def align_command(
         source_image = io.read_image(source)
     except io.ImageError as exc:
         raise _Failure(str(exc)) from None
+    target_used = _read_mask(target_mask, target_image, "target", target)
+    source_used = _read_mask(source_mask, source_image, "source", source)
+    inputs = [p for p in (target, source, target_mask, source_mask) if p is not None]
 
     channels = _channels(source_image)
     if not math.isfinite(fill) and source_image.dtype.kind != "f":
@@ -321,9 +400,8 @@ def align_command(
         io.default_output_path(source, source_image.dtype, channels))
     out_params = params if params is not None else os.fspath(Path(out_image).with_suffix(".json"))
     try:
-        io.check_output_path(out_image, [target, source], dtype=source_image.dtype,
-                             channels=channels)
-        io.check_output_path(out_params, [target, source])
+        io.check_output_path(out_image, inputs, dtype=source_image.dtype, channels=channels)
+        io.check_output_path(out_params, inputs)
     except io.ImageError as exc:
         raise _Failure(str(exc)) from None
     if os.path.realpath(out_image) == os.path.realpath(out_params):
@@ -334,16 +412,21 @@ def align_command(
     try:
         result = regtool.align(
             target_image, source_image, levels=levels, optimizer=optimizer, metric=metric,
-            max_iter=max_iter, tol=tol, init=init, progress=bar,
+            max_iter=max_iter, tol=tol, init=init, min_overlap=min_overlap,
+            target_mask=target_used, source_mask=source_used, progress=bar,
         )
     except regtool.InputError as exc:
         path = _input_path(exc.which, target, source)
+        if str(exc).startswith("the mask"):
+            # e.g. "the mask leaves only 12 usable pixels": the mask file is at fault.
+            path = _input_path(exc.which, target_mask or target, source_mask or source)
         raise _Failure(f"{path}: {exc}" if path else str(exc)) from None
     finally:
         bar.close()
 
     aligned = result.warp(source_image, interp=interp, fill=fill)
-    doc: dict[str, Any] = {"target": target, "source": source, "output": out_image}
+    doc: dict[str, Any] = {"target": target, "source": source, "output": out_image,
+                           "target_mask": target_mask, "source_mask": source_mask}
     doc.update(result.to_dict())
 
     try:

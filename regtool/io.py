@@ -47,6 +47,7 @@ from PIL import Image
 __all__ = [
     "ImageError",
     "read_image",
+    "read_mask",
     "write_image",
     "write_json",
     "check_output_path",
@@ -344,6 +345,71 @@ def read_image(path: PathLike) -> np.ndarray:
     if image.size == 0:
         raise ImageError(path, "empty image (no pixels)")
     return _as_supported_dtype(path, image)
+
+
+def _is_jpeg(path: PathLike) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return _sniff(fh.read(16)) == "JPEG"
+    except OSError:
+        return False
+
+
+def read_mask(
+    path: PathLike, shape: tuple[int, ...] | None = None, image_name: str | None = None
+) -> np.ndarray:
+    """Read a mask image: which pixels of an image to use (nonzero) and which to leave out (0).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Any image :func:`read_image` reads: bool, 8/16-bit or float; gray, RGB or RGBA.
+    shape : tuple of int, optional
+        ``(H, W)`` (or the whole shape) of the image the mask belongs to; the mask must have
+        that many rows and columns.
+    image_name : str, optional
+        How to name that image in the message when the sizes differ, e.g.
+        ``"the target a.png"``.
+
+    Returns
+    -------
+    ndarray of bool
+        ``(H, W)``, True where the pixel is to be used. A gray pixel is used when it is nonzero
+        (NaN counts as 0: it holds no value); a color pixel when any of its red, green and blue
+        values is; in an RGBA mask, a fully transparent pixel is never used (so an opaque
+        black-and-white mask, a mask drawn in the alpha channel over white, and the two combined
+        all mean what they show). JPEG is lossy, its black seldom exactly 0: in a JPEG mask a
+        pixel is used when a value is above 127, half the range.
+
+    Raises
+    ------
+    ImageError
+        The file cannot be read as an image (see :func:`read_image`), or its size differs from
+        ``shape``: one line naming the mask file and both sizes.
+    """
+    mask = read_image(path)
+    if shape is not None and tuple(mask.shape[:2]) != tuple(shape[:2]):
+        h, w = mask.shape[:2]
+        hh, ww = shape[:2]
+        whose = image_name or "its image"
+        raise ImageError(
+            path,
+            f"mask is {w}x{h} pixels but {whose} is {ww}x{hh}; "
+            "a mask must have the size of its image",
+        )
+    values = mask if mask.ndim == 2 else mask[..., :3]
+    if _is_jpeg(path):
+        # JPEG is lossy: its black is rarely exactly 0, and "nonzero" would use every pixel.
+        used = values > 127
+    else:
+        used = values != 0
+    if values.dtype.kind == "f":
+        used &= ~np.isnan(values)
+    if used.ndim == 3:
+        used = used.any(axis=-1)
+    if mask.ndim == 3 and mask.shape[-1] == 4:
+        used &= mask[..., 3] != 0
+    return used
 
 
 # --------------------------------------------------------------------------------------------

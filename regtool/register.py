@@ -9,12 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
+from . import init as global_init
 from . import loss as L
 from . import pyramid
 from ._version import __version__
 from .errors import InputError
 from .optimize import DEFAULT_MAX_ITER, SOLVERS
+from .resample import ndimage_affine
 from .resample import warp as _warp
 from .transform import (
     center_params,
@@ -42,6 +45,11 @@ MARGIN_COARSE = 2.0
 # Coarse levels only have to land inside the next level's capture range; a hundredth of a
 # level pixel is cheap there and saves iterations where pixels are many.
 COARSE_TOL = 0.01
+# The global search runs at the level whose shorter side is 48 to 95 pixels: enough texture for
+# the spectra and phase correlation, and a few milliseconds of FFTs.
+SEARCH_SIDE = 48
+# Below this NCC over the overlap the images are called unrelated, whatever the optimizer says.
+NCC_MATCH = 0.3
 
 
 @dataclass
@@ -104,6 +112,16 @@ class Result:
         Fraction of the target's pixels that ``matrix`` maps inside the source's extent.
     target_shape, source_shape : tuple of int
         ``(rows, cols)`` of the inputs.
+    ncc : float
+        Zero-mean normalized cross-correlation of target and aligned source over the overlap
+        (every other pixel of the full-resolution grid, bilinear): 1 is a perfect match up to
+        gain and offset, near 0 unrelated images.
+    residual : float
+        Root-mean-square intensity difference over the same pixels (integer images in [0, 1]).
+    init : dict
+        How the start was found: ``method`` (``auto``, ``none`` or ``given``), the starting
+        ``tx``, ``ty``, ``theta_deg``, and for ``auto`` the ``level`` searched, the number of
+        ``candidates`` and ``time_s``.
     """
 
     matrix: np.ndarray
@@ -122,6 +140,9 @@ class Result:
     overlap: float = 0.0
     target_shape: tuple[int, int] = (0, 0)
     source_shape: tuple[int, int] = (0, 0)
+    ncc: float = math.nan
+    residual: float = math.nan
+    init: dict[str, Any] = field(default_factory=dict)
 
     @property
     def theta_deg(self) -> float:
@@ -151,6 +172,9 @@ class Result:
             "converged": bool(self.converged),
             "reason": self.reason,
             "overlap": round(float(self.overlap), 6),
+            "ncc": _num(self.ncc),
+            "residual": _num(self.residual),
+            "init": {k: (_num(v) if isinstance(v, float) else v) for k, v in self.init.items()},
             "levels": [r.to_dict() for r in self.levels],
             "time_s": round(float(self.time_s), 6),
             "target_shape": [int(v) for v in self.target_shape],
@@ -222,7 +246,9 @@ def _luminance(image: np.ndarray, which: str, mask: np.ndarray | None = None
 
 
 def _check_options(optimizer: str, metric: str, tol: float, max_iter: int | None,
-                   min_overlap: float) -> None:
+                   min_overlap: float, init: object) -> None:
+    if isinstance(init, str) and init not in ("auto", "none"):
+        raise ValueError(f"init must be 'auto', 'none' or (tx, ty, theta_deg), not {init!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {optimizer!r}")
     if metric not in METRICS:
@@ -244,7 +270,7 @@ def align(
     metric: str = "ssd",
     max_iter: int | None = None,
     tol: float = 1e-3,
-    init: Sequence[float] | None = None,
+    init: str | Sequence[float] | None = "auto",
     min_overlap: float = 0.25,
     target_mask: np.ndarray | None = None,
     source_mask: np.ndarray | None = None,
@@ -277,9 +303,12 @@ def align(
     tol : float
         Stop a level when its update moves no pixel by more than ``tol`` pixels of the full
         image (coarser levels stop at 0.01 of their own pixels).
-    init : (tx, ty, theta_deg), optional
-        Starting transform in the public convention (e.g. a previous result). By default the
-        images' centers are matched with no rotation.
+    init : "auto", "none", None or (tx, ty, theta_deg)
+        Where the descent starts. ``"auto"`` (the default): a global search for the rotation
+        over the whole circle (from the images' magnitude spectra) and the translation (phase
+        correlation) at a coarse level, so any rotation and large shifts are found.
+        ``"none"``/None: the images' centers matched, no rotation. A tuple: that transform in
+        the public convention (e.g. a previous result).
     min_overlap : float
         Fail when fewer than this fraction of the target's usable pixels map inside the source
         (checked at every iteration of every level).
@@ -317,7 +346,7 @@ def align(
     >>> aligned = r.warp(source)  # source resampled on the target's grid
     """
     t_start = time.perf_counter()
-    _check_options(optimizer, metric, tol, max_iter, min_overlap)
+    _check_options(optimizer, metric, tol, max_iter, min_overlap, init)
     f, f_mask = _luminance(target, "target", target_mask)
     g, g_mask = _luminance(source, "source", source_mask)
     n_max = pyramid.max_levels(f.shape, g.shape)
@@ -331,18 +360,35 @@ def align(
     iters = max_iter if max_iter is not None else DEFAULT_MAX_ITER[optimizer]
     solver = SOLVERS[optimizer]
 
-    if init is not None:
+    # Centers on centers: for equal sizes, the identity.
+    cf, cg = image_center(f.shape), image_center(g.shape)
+    m = rigid_matrix(cg[0] - cf[0], cg[1] - cf[1], 0.0)
+    auto = isinstance(init, str) and init == "auto"
+    init_info: dict[str, Any] = {"method": "none"}
+    if init is not None and not isinstance(init, str):
         tx0, ty0, deg0 = (float(v) for v in init)
         m = rigid_matrix(tx0, ty0, math.radians(deg0))
-    else:
-        # Centers on centers: for equal sizes, the identity.
-        cf, cg = image_center(f.shape), image_center(g.shape)
-        m = rigid_matrix(cg[0] - cf[0], cg[1] - cf[1], 0.0)
+        init_info = {"method": "given"}
+    k_search = pyramid.auto_levels(f.shape, g.shape, min_side=SEARCH_SIDE) - 1
+    n_build = max(n_levels, k_search + 1) if auto else n_levels
 
-    pyr_f = pyramid.build(f, n_levels)
-    pyr_g = pyramid.build(g, n_levels)
-    pyr_fm = pyramid.build_mask(f_mask, n_levels)
-    pyr_gm = pyramid.build_mask(g_mask, n_levels)
+    pyr_f = pyramid.build(f, n_build)
+    pyr_g = pyramid.build(g, n_build)
+    pyr_fm = pyramid.build_mask(f_mask, n_build)
+    pyr_gm = pyramid.build_mask(g_mask, n_build)
+
+    if auto:
+        t_init = time.perf_counter()
+        k = k_search
+        level = L.prepare_level(pyr_f[k], pyr_fm[k], pyr_g[k], pyr_gm[k], MARGIN_COARSE)
+        start, init_info = global_init.search(level, pyr_f[k], pyr_g[k], pyr_fm[k], pyr_gm[k],
+                                              to_level(m, k), min_overlap)
+        m = from_level(start, k)
+        init_info["method"] = "auto"
+        init_info["level"] = k
+        init_info["time_s"] = round(time.perf_counter() - t_init, 6)
+    tx0, ty0, th0 = rigid_params(m)
+    init_info.update(tx=tx0, ty=ty0, theta_deg=math.degrees(th0))
 
     records: list[LevelRecord] = []
     converged = False
@@ -373,6 +419,11 @@ def align(
     tx, ty, theta = rigid_params(m)
     m = rigid_matrix(tx, ty, theta)  # re-orthonormalize what round-off left
     overlap = L.overlap_fraction(m, f.shape, g.shape)
+    ncc, rms = _quality(f, f_mask, g, g_mask, m)
+    if converged and not ncc >= NCC_MATCH:
+        converged = False
+        reason = (f"the images do not match: NCC {ncc:.2f} over the overlap after alignment "
+                  f"(a match has at least {NCC_MATCH})")
     center0 = image_center(f.shape)
     sx, sy, _ = center_params(m, center0)
     return Result(
@@ -382,4 +433,37 @@ def align(
         time_s=time.perf_counter() - t_start, overlap=overlap,
         target_shape=(int(f.shape[0]), int(f.shape[1])),
         source_shape=(int(g.shape[0]), int(g.shape[1])),
+        ncc=ncc, residual=rms, init=init_info,
     )
+
+
+def _quality(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray, g_mask: np.ndarray | None,
+             m: np.ndarray) -> tuple[float, float]:
+    """NCC and RMS difference of target and warped source over their overlap.
+
+    Sampled on every other pixel of the target in each direction with bilinear interpolation:
+    a quarter of the pixels is plenty for a statistic, and it keeps this check a small part of
+    the call.
+    """
+    shape = ((f.shape[0] + 1) // 2, (f.shape[1] + 1) // 2)
+    sub = m @ np.diag([2.0, 2.0, 1.0])
+    rc, offset = ndimage_affine(sub)
+    warped = ndimage.affine_transform(g, rc, offset=offset, output_shape=shape,
+                                      output=np.float32, order=1, mode="constant", cval=np.nan)
+    target = f[::2, ::2]
+    valid = np.isfinite(warped)
+    if f_mask is not None:
+        valid &= f_mask[::2, ::2]
+    if g_mask is not None:
+        bad = ndimage.affine_transform((~g_mask).astype(np.float32), rc, offset=offset,
+                                       output_shape=shape, order=1, mode="constant", cval=1.0)
+        valid &= bad == 0
+    if np.count_nonzero(valid) < 16:
+        return math.nan, math.nan
+    a = warped[valid].astype(np.float64)
+    b = target[valid].astype(np.float64)
+    rms = float(np.sqrt(np.mean((a - b) ** 2)))
+    a -= a.mean()
+    b -= b.mean()
+    den = math.sqrt(float(a @ a) * float(b @ b))
+    return (float(a @ b) / den if den > 0 else math.nan), rms

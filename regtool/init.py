@@ -1,0 +1,225 @@
+"""Global initialization: rotation over the whole circle and large shifts, before local descent.
+
+Local descent only finds the nearest minimum. This module finds where to start, at one coarse
+pyramid level, in three steps:
+
+1. Rotation, up to the 180-degree ambiguity, from the magnitude spectra: a rotation of the image
+   rotates its Fourier magnitude by the same angle and ignores translation, so a circular
+   cross-correlation of the two polar-resampled spectra along the angle peaks at the rotation.
+2. For each candidate angle and its opposite (the magnitude spectrum cannot tell them apart),
+   the translation by phase correlation of the target with the source turned by that angle.
+3. Each candidate is refined by a few Gauss-Newton steps and the one whose zero-mean normalized
+   cross-correlation (NCC) over the overlap is highest wins. The plain start (centers matched,
+   no rotation) is always among the candidates, so the search never does worse than no search.
+
+Everything here is a pure function of arrays; coordinates follow GUIDE section 2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from . import loss as L
+from .optimize import gauss_newton
+from .resample import ndimage_affine
+
+__all__ = ["Candidate", "candidates", "rotation_candidates", "phase_correlation", "rotation_about",
+           "search"]
+
+# Angular resolution of the polar spectra: 1 degree over the half circle.
+N_ANGLES = 180
+
+
+@dataclass
+class Candidate:
+    """A starting transform (target -> source, 3x3, search-level pixels) and its evidence."""
+
+    matrix: np.ndarray
+    theta: float
+    peak: float
+
+
+def _hann(shape: tuple[int, int]) -> np.ndarray:
+    return np.outer(np.hanning(shape[0]), np.hanning(shape[1])).astype(np.float32)
+
+
+def _prepared(image: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """Zero-mean over the valid pixels, masked pixels at 0, tapered to 0 at the borders.
+
+    The taper removes the cross that the image's own borders would add to its spectrum, which
+    otherwise pulls every rotation estimate toward 0 and 90 degrees.
+    """
+    img = image.astype(np.float32, copy=True)
+    mean = float(img[valid].mean()) if valid is not None else float(img.mean())
+    img -= mean
+    if valid is not None:
+        img[~valid] = 0.0
+    return img * _hann(img.shape)
+
+
+def _padded(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape, dtype=np.float32)
+    out[: image.shape[0], : image.shape[1]] = image
+    return out
+
+
+def _polar_spectrum(image: np.ndarray, size: int) -> np.ndarray:
+    """Log-magnitude spectrum on a polar grid (radius x angle in [0, pi)), rows standardized."""
+    spec = np.abs(np.fft.fftshift(np.fft.fft2(_padded(image, (size, size)))))
+    spec = np.log1p(spec)
+    c = size / 2.0
+    radii = np.arange(max(2.0, size / 32.0), size * 0.45, 1.0)
+    angles = np.arange(N_ANGLES) * (math.pi / N_ANGLES)
+    r, a = np.meshgrid(radii, angles, indexing="ij")
+    # spectrum index (row = ky, col = kx); angle measured in the (x, y) frame of GUIDE 2
+    rows = c + r * np.sin(a)
+    cols = c + r * np.cos(a)
+    polar = ndimage.map_coordinates(spec, [rows, cols], order=1, mode="nearest")
+    polar -= polar.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(polar, axis=1, keepdims=True)
+    return polar / np.where(norm > 0, norm, 1.0)
+
+
+def rotation_candidates(target: np.ndarray, source: np.ndarray,
+                        target_valid: np.ndarray | None = None,
+                        source_valid: np.ndarray | None = None,
+                        count: int = 2) -> list[tuple[float, float]]:
+    """Rotations (radians, in [0, pi)) that best turn the target's spectrum into the source's.
+
+    Returns up to ``count`` ``(theta, score)`` pairs, strongest first; each theta stands for
+    itself and ``theta + pi``. ``score`` is the normalized circular correlation at the peak.
+    """
+    size = int(2 ** math.ceil(math.log2(max(*target.shape, *source.shape))))
+    pf = _polar_spectrum(_prepared(target, target_valid), size)
+    pg = _polar_spectrum(_prepared(source, source_valid), size)
+    # corr(tau) = sum_r sum_phi pg(r, phi) pf(r, phi - tau): peaks where g's spectrum is f's
+    # turned by tau
+    corr = np.fft.irfft(np.sum(np.fft.rfft(pg, axis=1) * np.conj(np.fft.rfft(pf, axis=1)),
+                               axis=0), n=N_ANGLES) / pf.shape[0]
+    order = np.argsort(corr)[::-1]
+    found: list[tuple[float, float]] = []
+    for j in order:
+        # keep local maxima only, at least 5 degrees apart (circularly, period pi)
+        if corr[j] < corr[(j - 1) % N_ANGLES] or corr[j] < corr[(j + 1) % N_ANGLES]:
+            continue
+        if any(min(abs(j - k), N_ANGLES - abs(j - k)) < 5 for k, _ in found):
+            continue
+        # parabolic refinement of the peak between the 1-degree samples
+        y0, y1, y2 = corr[(j - 1) % N_ANGLES], corr[j], corr[(j + 1) % N_ANGLES]
+        den = y0 - 2 * y1 + y2
+        frac = 0.5 * (y0 - y2) / den if den < 0 else 0.0
+        found.append((j + frac, float(y1)))
+        if len(found) == count:
+            break
+    return [((j * math.pi / N_ANGLES) % math.pi, score) for j, score in found]
+
+
+def rotation_about(theta: float, target_shape: tuple[int, int],
+                   source_shape: tuple[int, int]) -> np.ndarray:
+    """3x3 matrix turning by ``theta`` about the target's center onto the source's center."""
+    ct = ((target_shape[1] - 1) / 2.0, (target_shape[0] - 1) / 2.0)
+    cs = ((source_shape[1] - 1) / 2.0, (source_shape[0] - 1) / 2.0)
+    c, s = math.cos(theta), math.sin(theta)
+    return np.array([[c, -s, cs[0] - (c * ct[0] - s * ct[1])],
+                     [s, c, cs[1] - (s * ct[0] + c * ct[1])],
+                     [0.0, 0.0, 1.0]])
+
+
+def phase_correlation(target: np.ndarray, moved: np.ndarray,
+                      target_valid: np.ndarray | None = None,
+                      moved_valid: np.ndarray | None = None) -> tuple[float, float, float]:
+    """Shift ``(sx, sy)`` with ``moved(x + s) ~ target(x)``, and the correlation peak's height.
+
+    Both images are on one grid (same shape). The peak height (between 0 and 1) says how much
+    of the cross-power spectrum agrees on that one shift.
+    """
+    h, w = target.shape
+    a = np.fft.rfft2(_prepared(target, target_valid))
+    b = np.fft.rfft2(_prepared(moved, moved_valid))
+    cross = b * np.conj(a)
+    cross /= np.abs(cross) + 1e-12 * float(np.abs(cross).max() or 1.0)
+    surface = np.fft.irfft2(cross, s=(h, w))
+    # a shift of half the image or more is indistinguishable from the opposite one: prefer
+    # the smaller, which leaves the larger overlap
+    iy, ix = np.unravel_index(int(np.argmax(surface)), surface.shape)
+    peak = float(surface[iy, ix])
+
+    def refine(center: float, lo: float, hi: float) -> float:
+        den = lo - 2 * center + hi
+        return 0.5 * (lo - hi) / den if den < 0 else 0.0
+
+    dy = refine(peak, surface[(iy - 1) % h, ix], surface[(iy + 1) % h, ix])
+    dx = refine(peak, surface[iy, (ix - 1) % w], surface[iy, (ix + 1) % w])
+    sy = iy + dy if iy <= h // 2 else iy + dy - h
+    sx = ix + dx if ix <= w // 2 else ix + dx - w
+    return float(sx), float(sy), peak
+
+
+def turned(source: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The source sampled through ``matrix`` on a grid of ``shape`` (bilinear, 0 outside)."""
+    rc, offset = ndimage_affine(matrix)
+    return ndimage.affine_transform(source, rc, offset=offset, output_shape=shape,
+                                    output=np.float32, order=1, mode="constant", cval=np.nan)
+
+
+def candidates(target: np.ndarray, source: np.ndarray, target_valid: np.ndarray | None,
+               source_valid: np.ndarray | None, count: int = 2) -> list[Candidate]:
+    """Starting transforms (search-level pixels) from spectra and phase correlation."""
+    out: list[Candidate] = []
+    for theta0, _ in rotation_candidates(target, source, target_valid, source_valid, count):
+        for theta in (theta0, theta0 + math.pi):
+            rot = rotation_about(theta, target.shape, source.shape)
+            moved = turned(source, rot, target.shape)
+            moved_valid = np.isfinite(moved)
+            if source_valid is not None:
+                moved_valid &= turned(source_valid.astype(np.float32), rot, target.shape) > 0.999
+            moved = np.where(moved_valid, moved, 0.0).astype(np.float32)
+            sx, sy, peak = phase_correlation(target, moved, target_valid, moved_valid)
+            shift = np.array([[1.0, 0.0, sx], [0.0, 1.0, sy], [0.0, 0.0, 1.0]])
+            out.append(Candidate(rot @ shift, math.atan2(math.sin(theta), math.cos(theta)),
+                                 peak))
+    out.sort(key=lambda c: -c.peak)
+    return out
+
+
+# A best phase-correlation peak at least this many times the runner-up is taken as it is;
+# closer calls are settled by refining each and comparing NCC.
+CLEAR_WIN = 2.0
+
+
+def search(level: L.LevelImages, target: np.ndarray, source: np.ndarray,
+           target_valid: np.ndarray | None, source_valid: np.ndarray | None,
+           plain: np.ndarray, min_overlap: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """Best starting matrix at one coarse level, and what the search saw.
+
+    ``level`` is the prepared level (for refining candidates), ``target``/``source`` its images
+    and masks, ``plain`` the start without search (centers matched).
+    """
+    found = candidates(target, source, target_valid, source_valid)
+    info: dict[str, Any] = {"candidates": len(found) + 1, "refined": 0}
+    if not found:
+        return plain, info
+    best = found[0]
+    runner_up = found[1].peak if len(found) > 1 else 0.0
+    info["peak"] = round(best.peak, 4)
+    if best.peak >= CLEAR_WIN * max(runner_up, 1e-12):
+        return best.matrix, info
+    # A close call: refine the strongest few and the plain start, keep the best correlation.
+    center = ((target.shape[1] - 1) / 2.0, (target.shape[0] - 1) / 2.0)
+    pool = [c.matrix for c in found[:3]] + [plain]
+    scored = []
+    for start in pool:
+        out = gauss_newton(level, start, center, "ncc", 0.05, 15, min_overlap)
+        if math.isfinite(out.loss) and out.reason is None or (
+                out.reason or "").startswith("did not converge"):
+            scored.append((out.loss, out.matrix))
+    info["refined"] = len(pool)
+    if not scored:
+        return best.matrix, info
+    scored.sort(key=lambda s: s[0])
+    return scored[0][1], info
