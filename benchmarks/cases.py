@@ -27,10 +27,13 @@ from scipy import ndimage
 
 __all__ = [
     "TIERS",
+    "TIER_SPECS",
+    "TierSpec",
     "Case",
     "Photo",
     "load_photos",
     "make_cases",
+    "needed_extent",
     "rigid_about_center",
     "matrix_params",
     "endpoint_error",
@@ -45,7 +48,59 @@ PRESMOOTH_SIGMA = 0.7
 #: Number of sub-grid points per axis used for the mean endpoint error.
 ERROR_GRID = 65
 
-TIERS = ("small", "medium", "gain")
+
+@dataclass(frozen=True)
+class TierSpec:
+    """How the cases of one difficulty tier are drawn.
+
+    Attributes
+    ----------
+    name : str
+        Tier name.
+    theta_max : float
+        Rotation drawn uniformly in ``[-theta_max, theta_max]`` degrees (180: the whole circle).
+    shift_frac : float
+        Each shift component uniform in ``[-shift_frac * W, shift_frac * W]`` (x) and the same
+        fraction of H (y); 0 when the tier gives its shift in pixels instead.
+    shift_px : float
+        Each shift component uniform in ``[-shift_px, shift_px]`` (when ``shift_frac`` is 0).
+    noise : float
+        Gaussian noise sigma as a fraction of the range, independent in target and source.
+    gain : (float, float) or None
+        Source intensity gain ``a`` drawn uniformly in this interval (None: no intensity change).
+    bias : float
+        Source offset ``b`` uniform in ``[-bias, bias]`` times the range.
+    related : bool
+        False for pairs cut from two DIFFERENT photographs (no true transform exists).
+    """
+
+    name: str
+    theta_max: float
+    shift_frac: float = 0.0
+    shift_px: float = 0.0
+    noise: float = 0.0
+    gain: tuple[float, float] | None = None
+    bias: float = 0.0
+    related: bool = True
+
+
+#: Every tier, in the order of their random-stream ids (append new tiers at the END, so that
+#: the cases of the existing tiers do not change).
+TIER_SPECS: dict[str, TierSpec] = {t.name: t for t in (
+    TierSpec("small", 5.0, shift_px=10.0),
+    TierSpec("medium", 20.0, shift_frac=0.08, noise=0.02),
+    TierSpec("gain", 20.0, shift_frac=0.08, noise=0.02, gain=(0.7, 1.3), bias=0.1),
+    TierSpec("hard", 45.0, shift_frac=0.20, noise=0.05, gain=(0.6, 1.4), bias=0.2),
+    TierSpec("huge", 180.0, shift_frac=0.10, noise=0.02),
+    TierSpec("translation", 0.0, shift_frac=0.25, noise=0.02),
+    # The source is a second photograph warped as in ``medium``; the target a plain crop of
+    # another photograph.
+    TierSpec("unrelated", 20.0, shift_frac=0.08, noise=0.02, related=False),
+)}
+TIERS = tuple(TIER_SPECS)
+#: Tiers whose cases are cut from photographs enlarged at least as much as these need (the
+#: classic tiers share one enlargement, so their cases stay what they were).
+BASE_EXTENT_TIER = "medium"
 #: Enlarged photographs, shared by every make_cases call: (name, factor) -> Photo.
 _ENLARGED: dict[tuple[str, int], Photo] = {}
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -92,9 +147,16 @@ class Case:
     shift : tuple of float
         Shift ``s`` about the center: ``M x = R (x - c) + c + s``.
     gain, bias : float
-        Source intensity change ``a * I + b`` (1, 0 unless the tier is ``gain``).
+        Source intensity change ``a * I + b`` (1, 0 unless the tier changes intensities).
     photo : str
-        Name of the photograph the case was cut from (with ``x2`` when upsampled).
+        Name of the photograph the source was cut from (with ``x2`` when upsampled); for a
+        related pair the target comes from the same one.
+    related : bool
+        False for an ``unrelated`` pair: the target is cut from ``target_photo``, a different
+        photograph, and ``matrix`` is only the warp applied to the source's photograph (there
+        is no true target->source transform).
+    target_photo : str
+        The target's photograph when it differs from ``photo``.
     """
 
     name: str
@@ -107,12 +169,18 @@ class Case:
     gain: float = 1.0
     bias: float = 0.0
     photo: str = ""
+    related: bool = True
+    target_photo: str = ""
 
     def describe(self) -> str:
         """One-line summary of the case's parameters."""
-        text = (f"{self.name}: theta={self.theta_deg:+.2f} deg, "
-                f"shift=({self.shift[0]:+.2f}, {self.shift[1]:+.2f}) px")
-        if self.tier == "gain":
+        geometry = (f"theta={self.theta_deg:+.2f} deg, "
+                    f"shift=({self.shift[0]:+.2f}, {self.shift[1]:+.2f}) px")
+        if not self.related:
+            return (f"{self.name}: target from {self.target_photo}, source from {self.photo} "
+                    f"warped by {geometry}")
+        text = f"{self.name}: {geometry}"
+        if TIER_SPECS[self.tier].gain is not None:
             text += f", gain={self.gain:.3f}, bias={self.bias:+.1f}"
         return text + f", photo={self.photo}"
 
@@ -230,13 +298,43 @@ def load_photos(directory: Path | None = None) -> list[Photo]:
     return photos
 
 
-def _needed_extent(h: int, w: int, theta_max: float, shift_frac: float, shift_px: float
+def _needed_extent(h: int, w: int, theta_max: float, shift_x: float, shift_y: float
                    ) -> tuple[int, int]:
-    """Photo region (rows, cols) that holds every source pixel's pre-image, with margin."""
-    co, si = math.cos(theta_max), math.sin(theta_max)
-    half_w = 0.5 * (w * co + h * si) + max(shift_frac * w, shift_px) + 8
-    half_h = 0.5 * (h * co + w * si) + max(shift_frac * h, shift_px) + 8
-    return int(math.ceil(2 * half_h)), int(math.ceil(2 * half_w))
+    """Photo region (rows, cols) that holds the target crop and every source pixel's pre-image.
+
+    For ``M x = R (x - c) + c + s`` the source's pre-image ``M^-1`` of the ``w x h`` box is the
+    box rotated by ``-theta`` about ``c`` (bounding box ``w|cos| + h|sin|`` wide) and moved by
+    ``-R^-1 s``, whose x component is at most ``|s|`` (``|s_x|`` without rotation). Together
+    with the target crop at ``c`` that spans at most the bounding box plus that move, for any
+    rotation up to ``theta_max`` radians (which may be pi: the whole circle) and any shift
+    within ``shift_x``, ``shift_y`` px per component. 8 px of margin on top (the crop keeps 2-3
+    px away from the photo's border).
+    """
+    thetas = np.concatenate([np.linspace(0.0, theta_max, 721),
+                             [a for a in (math.atan2(h, w), math.atan2(w, h), math.pi / 2)
+                              if a <= theta_max]])
+    co, si = np.abs(np.cos(thetas)), np.abs(np.sin(thetas))
+    box_w = float(np.max((w - 1) * co + (h - 1) * si))
+    box_h = float(np.max((h - 1) * co + (w - 1) * si))
+    reach_x = math.hypot(shift_x, shift_y) if theta_max > 0 else shift_x
+    reach_y = math.hypot(shift_x, shift_y) if theta_max > 0 else shift_y
+    return int(math.ceil(box_h + reach_y + 8)), int(math.ceil(box_w + reach_x + 8))
+
+
+def needed_extent(spec: TierSpec, h: int, w: int) -> tuple[int, int]:
+    """Photo region (rows, cols) that every case of ``spec`` at ``h x w`` needs.
+
+    At least what :data:`BASE_EXTENT_TIER` needs, so that the classic tiers share one
+    enlargement of each photograph and no tier uses a less enlarged one than they do.
+    """
+
+    def one(t: TierSpec) -> tuple[int, int]:
+        sx = t.shift_frac * w if t.shift_frac else t.shift_px
+        sy = t.shift_frac * h if t.shift_frac else t.shift_px
+        return _needed_extent(h, w, math.radians(t.theta_max), sx, sy)
+
+    own, base = one(spec), one(TIER_SPECS[BASE_EXTENT_TIER])
+    return max(own[0], base[0]), max(own[1], base[1])
 
 
 def _photo_for(photos: list[Photo], need: tuple[int, int], cache: dict[tuple[str, int], Photo],
@@ -263,21 +361,40 @@ def _photo_for(photos: list[Photo], need: tuple[int, int], cache: dict[tuple[str
 # --------------------------------------------------------------------------- cases
 
 
-def _tier_geometry(tier: str, rng: np.random.Generator, h: int, w: int
+def _tier_geometry(spec: TierSpec, rng: np.random.Generator, h: int, w: int
                    ) -> tuple[float, tuple[float, float]]:
-    if tier == "small":
-        theta = rng.uniform(-5.0, 5.0)
-        shift = (rng.uniform(-10.0, 10.0), rng.uniform(-10.0, 10.0))
+    # The order and form of the draws are part of the cases' identity: keep them.
+    theta = rng.uniform(-spec.theta_max, spec.theta_max) if spec.theta_max else 0.0
+    if spec.shift_frac:
+        shift = (rng.uniform(-spec.shift_frac, spec.shift_frac) * w,
+                 rng.uniform(-spec.shift_frac, spec.shift_frac) * h)
     else:
-        theta = rng.uniform(-20.0, 20.0)
-        shift = (rng.uniform(-0.08, 0.08) * w, rng.uniform(-0.08, 0.08) * h)
+        shift = (rng.uniform(-spec.shift_px, spec.shift_px),
+                 rng.uniform(-spec.shift_px, spec.shift_px))
     return theta, shift
 
 
+def _crop_range(photo: Photo, pre_lo: np.ndarray, pre_hi: np.ndarray, h: int, w: int
+                ) -> tuple[float, float, float, float]:
+    """Offsets ``o`` keeping the box ``[pre_lo, pre_hi]`` and the ``w x h`` crop inside."""
+    ph, pw = photo.image.shape
+    lo_x = max(2.0 - pre_lo[0], 2.0)
+    hi_x = min(pw - 3.0 - pre_hi[0], pw - 3.0 - (w - 1))
+    lo_y = max(2.0 - pre_lo[1], 2.0)
+    hi_y = min(ph - 3.0 - pre_hi[1], ph - 3.0 - (h - 1))
+    return lo_x, hi_x, lo_y, hi_y
+
+
 def make_case(photo: Photo, tier: str, h: int, w: int, rng: np.random.Generator,
-              name: str) -> Case:
-    """Cut one case of ``tier`` and size ``h x w`` out of ``photo``."""
-    theta_deg, shift = _tier_geometry(tier, rng, h, w)
+              name: str, target_photo: Photo | None = None, clean: bool = False) -> Case:
+    """Cut one case of ``tier`` and size ``h x w`` out of ``photo``.
+
+    With ``target_photo`` (the ``unrelated`` tier) the source is cut from ``photo`` as usual
+    and the target is a plain crop of ``target_photo`` at its own random offset. ``clean``
+    leaves out the tier's noise and intensity change.
+    """
+    spec = TIER_SPECS[tier]
+    theta_deg, shift = _tier_geometry(spec, rng, h, w)
     c = ((w - 1) / 2.0, (h - 1) / 2.0)
     m = rigid_about_center(math.radians(theta_deg), shift, c)
     minv = np.linalg.inv(m)
@@ -285,47 +402,70 @@ def make_case(photo: Photo, tier: str, h: int, w: int, rng: np.random.Generator,
     ys, xs = np.mgrid[0:h, 0:w].astype(float)
     corners = np.array([[0, w - 1, 0, w - 1], [0, 0, h - 1, h - 1], [1, 1, 1, 1]], float)
     pre = minv @ corners
-    lo_x = max(2.0 - pre[0].min(), 2.0)
-    hi_x = min(photo.image.shape[1] - 3.0 - pre[0].max(), photo.image.shape[1] - 3.0 - (w - 1))
-    lo_y = max(2.0 - pre[1].min(), 2.0)
-    hi_y = min(photo.image.shape[0] - 3.0 - pre[1].max(), photo.image.shape[0] - 3.0 - (h - 1))
+    lo_x, hi_x, lo_y, hi_y = _crop_range(photo, pre[:2].min(axis=1), pre[:2].max(axis=1), h, w)
     if hi_x < lo_x or hi_y < lo_y:
         raise ValueError(f"photo {photo.name} {photo.image.shape} too small for {name}")
     ox = float(np.floor(rng.uniform(lo_x, hi_x)))
     oy = float(np.floor(rng.uniform(lo_y, hi_y)))
-    target = photo.image[int(oy):int(oy) + h, int(ox):int(ox) + w].astype(np.float32)
     sx = minv[0, 0] * xs + minv[0, 1] * ys + minv[0, 2] + ox
     sy = minv[1, 0] * xs + minv[1, 1] * ys + minv[1, 2] + oy
     source = sample(photo.spline, sx, sy)
+    if target_photo is None:
+        target = photo.image[int(oy):int(oy) + h, int(ox):int(ox) + w].astype(np.float32)
+    else:
+        box = np.zeros(2)
+        lo_x, hi_x, lo_y, hi_y = _crop_range(target_photo, box, box, h, w)
+        if hi_x < lo_x or hi_y < lo_y:
+            raise ValueError(f"photo {target_photo.name} {target_photo.image.shape} too small "
+                             f"for {name}")
+        tx = int(np.floor(rng.uniform(lo_x, hi_x)))
+        ty = int(np.floor(rng.uniform(lo_y, hi_y)))
+        target = target_photo.image[ty:ty + h, tx:tx + w].astype(np.float32)
     gain, bias = 1.0, 0.0
-    if tier in ("medium", "gain"):
-        sigma = 0.02 * RANGE
+    if spec.noise and not clean:
+        sigma = spec.noise * RANGE
         target = target + rng.normal(0.0, sigma, target.shape).astype(np.float32)
         source = source + rng.normal(0.0, sigma, source.shape).astype(np.float32)
-    if tier == "gain":
-        gain = float(rng.uniform(0.7, 1.3))
-        bias = float(rng.uniform(-0.1, 0.1) * RANGE)
+    if spec.gain is not None and not clean:
+        gain = float(rng.uniform(*spec.gain))
+        bias = float(rng.uniform(-spec.bias, spec.bias) * RANGE)
         source = gain * source + bias
     return Case(name=name, tier=tier, target=np.ascontiguousarray(target, dtype=np.float32),
                 source=np.ascontiguousarray(source, dtype=np.float32), matrix=m,
                 theta_deg=float(theta_deg), shift=(float(shift[0]), float(shift[1])),
-                gain=gain, bias=bias, photo=photo.name)
+                gain=gain, bias=bias, photo=photo.name, related=target_photo is None,
+                target_photo="" if target_photo is None else target_photo.name)
+
+
+def _partner(index: int, n: int) -> int:
+    """Index of the target's photograph for unrelated pair ``index`` (never the same one)."""
+    step = 1 + (index // n) % (n - 1)
+    return (index + step) % n
 
 
 def make_cases(photos: list[Photo], size: tuple[int, int], tier: str, count: int,
-               seed: int = 0) -> Iterator[Case]:
+               seed: int = 0, clean: bool = False) -> Iterator[Case]:
     """Yield ``count`` deterministic cases of ``tier`` at ``size`` = (H, W).
 
     The random stream depends only on (seed, size, tier), so a case is the same whatever else
-    is benchmarked alongside it.
+    is benchmarked alongside it. ``unrelated`` pairs take the source from the ``i``-th
+    photograph (cycling) and the target from another one, cycling through the partners.
+    ``clean`` drops the tier's noise and intensity change (for the synthesis check).
     """
     h, w = size
     tier_id = TIERS.index(tier)
     rng = np.random.default_rng([seed, h, w, tier_id])
-    need = _needed_extent(h, w, math.radians(20.0), 0.08, 10.0)
+    spec = TIER_SPECS[tier]
+    need = needed_extent(spec, h, w)
+    if not spec.related and len(photos) < 2:
+        photos = photos + [_make_photo("synthetic-2", synthetic_scene(seed=54321))]
     for i in range(count):
         photo = _photo_for(photos, need, _ENLARGED, i)
-        yield make_case(photo, tier, h, w, rng, f"{w}x{h}/{tier}/{i}")
+        other = None
+        if not spec.related:
+            # Enlarged like the source's photograph, so both hold texture of the same scale.
+            other = _photo_for(photos, need, _ENLARGED, _partner(i, len(photos)))
+        yield make_case(photo, tier, h, w, rng, f"{w}x{h}/{tier}/{i}", other, clean)
 
 
 def check_synthesis(case: Case) -> tuple[float, float]:
