@@ -36,6 +36,8 @@ METRICS = ("ssd", "ncc")
 __all__ = ["cli", "main"]
 
 INTERPOLATIONS = ("cubic", "linear", "nearest")
+INIT_WORDS = ("auto", "none")
+DEFAULT_INIT = "auto"
 
 EXIT_OK = 0
 EXIT_NOT_CONVERGED = 1
@@ -159,13 +161,16 @@ class _RegtoolGroup(click.Group):
 
 
 class _InitType(click.ParamType):
-    """``TX,TY,DEG``: a starting transform in the public convention."""
+    """``auto``, ``none`` or ``TX,TY,DEG``: how the descent starts (see :func:`regtool.align`)."""
 
-    name = "TX,TY,DEG"
+    name = "auto|none|TX,TY,DEG"
 
-    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[float, float, float]:
+    def convert(self, value: Any, param: Any, ctx: Any) -> str | tuple[float, float, float]:
         if isinstance(value, tuple):
             return value
+        word = str(value).strip().lower()
+        if word in INIT_WORDS:
+            return word
         parts = [p.strip() for p in str(value).split(",")]
         try:
             numbers = tuple(float(p) for p in parts)
@@ -173,7 +178,8 @@ class _InitType(click.ParamType):
             numbers = ()
         if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
             self.fail(
-                f"{value!r} is not three finite numbers TX,TY,DEG (e.g. 12.5,-3,7)",
+                f"{value!r} is neither 'auto', 'none' nor three finite numbers TX,TY,DEG "
+                "(e.g. 12.5,-3,7)",
                 param,
                 ctx,
             )
@@ -337,9 +343,12 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
 @click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-3,
               show_default=True, metavar="PX",
               help="Stop when an update moves no pixel by more than PX pixels.")
-@click.option("--init", type=_InitType(), metavar="TX,TY,DEG",
-              help="Starting transform (tx, ty in px, theta in degrees), e.g. from a "
-                   "previous result.")
+@click.option("--init", type=_InitType(), default=DEFAULT_INIT, show_default=True,
+              metavar="auto|none|TX,TY,DEG",
+              help="Where the descent starts. auto: a global search for the rotation (any "
+                   "angle) and the shift (even large ones); none: centers matched, no "
+                   "rotation (for images known to be nearly aligned); TX,TY,DEG: that "
+                   "transform (tx, ty in px, theta in degrees), e.g. a previous result.")
 @click.option("--target-mask", metavar="FILE",
               help="Image of the target's size: nonzero = use the pixel, 0 = leave it out "
                    "(e.g. a scale bar or a time stamp).")
@@ -367,7 +376,7 @@ def align_command(
     metric: str,
     max_iter: int | None,
     tol: float,
-    init: tuple[float, float, float] | None,
+    init: str | tuple[float, float, float],
     target_mask: str | None,
     source_mask: str | None,
     min_overlap: float,

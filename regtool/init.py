@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from scipy import fft as sfft
 from scipy import ndimage
 
 from . import loss as L
@@ -44,6 +46,7 @@ class Candidate:
     peak: float
 
 
+@lru_cache(maxsize=16)
 def _hann(shape: tuple[int, int]) -> np.ndarray:
     return np.outer(np.hanning(shape[0]), np.hanning(shape[1])).astype(np.float32)
 
@@ -94,7 +97,7 @@ def rotation_candidates(target: np.ndarray, source: np.ndarray,
     Returns up to ``count`` ``(theta, score)`` pairs, strongest first; each theta stands for
     itself and ``theta + pi``. ``score`` is the normalized circular correlation at the peak.
     """
-    size = int(2 ** math.ceil(math.log2(max(*target.shape, *source.shape))))
+    size = sfft.next_fast_len(max(*target.shape, *source.shape))
     pf = _polar_spectrum(_prepared(target, target_valid), size)
     pg = _polar_spectrum(_prepared(source, source_valid), size)
     # corr(tau) = sum_r sum_phi pg(r, phi) pf(r, phi - tau): peaks where g's spectrum is f's
@@ -116,6 +119,8 @@ def rotation_candidates(target: np.ndarray, source: np.ndarray,
         found.append((j + frac, float(y1)))
         if len(found) == count:
             break
+    # a runner-up angle far weaker than the winner is not worth a candidate
+    found = [(j, sc) for j, sc in found if sc >= 0.5 * found[0][1]]
     return [((j * math.pi / N_ANGLES) % math.pi, score) for j, score in found]
 
 
