@@ -4,9 +4,10 @@ It parses options, reads the images, calls the library, writes the outputs and p
 computes. Exit statuses:
 
 * 0 -- registered and converged; the aligned image and the JSON parameters are written.
-* 1 -- the registration ran but did not converge (the outputs are still written, with
-  ``"converged": false`` and the ``"reason"``), or regtool stopped on an unexpected internal
-  error (one line on stderr, nothing written).
+* 1 -- the registration ran but did not converge or found no match (unrelated images, too
+  little overlap; the outputs are still written, with ``"converged": false`` and the
+  ``"reason"``), or regtool stopped on an unexpected internal error (one line on stderr,
+  nothing written).
 * 2 -- bad usage or bad input, or an output that cannot be written: one line
   ``regtool: error: <file>: <problem>`` on stderr, nothing written.
 * 130 -- interrupted (Ctrl-C); nothing written.
@@ -56,8 +57,8 @@ Examples:
       leaves out what the masks paint black (e.g. a scale bar)
 
 Run 'regtool align --help' for every option. Exit status: 0 converged, 1 did not
-converge (outputs written anyway) or internal error, 2 bad usage or input, 130
-interrupted.
+converge or the images do not match (outputs written anyway) or internal error,
+2 bad usage or input, 130 interrupted.
 """
 
 _ALIGN_EPILOG = """\b
@@ -90,6 +91,7 @@ Examples:
   regtool align target.png source.png -o out/aligned.png --params out/params.json
   regtool align t.tif s.tif --metric ncc --levels 5 --tol 0.01 --quiet
   regtool align t.png s.png --init=-4.5,10,2.5 --json
+  regtool align t.png s.png --init none      # nearly aligned already: no global search
   regtool align t.png s.png --target-mask no_scale_bar.png --source-mask no_scale_bar.png
   regtool align t.png s.png --min-overlap 0.1
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -25,30 +26,34 @@ THETA_DEG = 3.0
 SHIFT = (2.5, -1.5)  # about the target's center
 
 DOC_KEYS = {
-    "target", "source", "output", "tx", "ty", "theta", "theta_deg", "matrix", "center", "shift",
+    "target", "source", "output", "target_mask", "source_mask", "tx", "ty", "theta",
+    "theta_deg", "matrix", "center", "shift",
     "metric", "loss", "converged", "reason", "levels", "optimizer", "time_s", "overlap",
     "regtool_version",
 }
 LEVEL_KEYS = {"level", "shape", "iterations", "loss", "converged", "time_s"}
 
 
-def true_matrix() -> np.ndarray:
-    t = math.radians(THETA_DEG)
+def true_matrix(theta_deg: float = THETA_DEG,
+                shift: tuple[float, float] = SHIFT) -> np.ndarray:
+    t = math.radians(theta_deg)
     c, s = math.cos(t), math.sin(t)
     cx = cy = (SIZE - 1) / 2.0
-    tx = cx + SHIFT[0] - (c * cx - s * cy)
-    ty = cy + SHIFT[1] - (s * cx + c * cy)
+    tx = cx + shift[0] - (c * cx - s * cy)
+    ty = cy + shift[1] - (s * cx + c * cy)
     return np.array([[c, -s, tx], [s, c, ty], [0.0, 0.0, 1.0]])
 
 
-def make_pair(rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def make_pair(rgb: bool = False, theta_deg: float = THETA_DEG,
+              shift: tuple[float, float] = SHIFT) -> tuple[np.ndarray, np.ndarray]:
     """A 96x96 crop of a photograph and the same scene moved: ``source(M x) = target(x)``."""
     photo = io.read_image(SAMPLES / ("astronaut.jpg" if rgb else "camera.png"))
     top = 180 if not rgb else 120
     patch = photo[top - 32 : top + SIZE + 32, top - 32 : top + SIZE + 32]
     target = patch[32 : 32 + SIZE, 32 : 32 + SIZE]
     to_patch = np.array([[1.0, 0, 32], [0, 1.0, 32], [0, 0, 1]])
-    source = regtool.warp(patch, to_patch @ np.linalg.inv(true_matrix()), (SIZE, SIZE))
+    moved = np.linalg.inv(true_matrix(theta_deg, shift))
+    source = regtool.warp(patch, to_patch @ moved, (SIZE, SIZE))
     return target, source
 
 
@@ -213,7 +218,8 @@ def test_help_and_version():
     result = run("align", "--help")
     assert result.exit_code == 0
     for option in ("--output", "--params", "--json", "--levels", "--optimizer", "--metric",
-                   "--max-iter", "--tol", "--init", "--interp", "--fill", "--quiet"):
+                   "--max-iter", "--tol", "--init", "--interp", "--fill", "--quiet",
+                   "--target-mask", "--source-mask", "--min-overlap"):
         assert option in result.stdout
     result = run("--version")
     assert result.exit_code == 0 and result.stdout.strip() == f"regtool {regtool.__version__}"
@@ -227,6 +233,8 @@ def test_cli_names_match_the_engine():
     assert cli_module.OPTIMIZERS == register.OPTIMIZERS
     assert cli_module.METRICS == register.METRICS
     assert cli_module.DEFAULT_OPTIMIZER == register.DEFAULT_OPTIMIZER
+    assert cli_module.DEFAULT_INIT == inspect.signature(register.align).parameters["init"].default
+    assert cli_module.INIT_WORDS == ("auto", "none")
     assert set(cli_module.INTERPOLATIONS) == set(resample.INTERP_ORDERS)
 
 
@@ -250,6 +258,212 @@ def test_console_script_end_to_end(work):
                          capture_output=True, text=True, timeout=120, cwd=work)
     assert bad.returncode == 2
     assert bad.stderr == "regtool: error: missing.png: no such file\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------------------------
+
+STAMP = (slice(SIZE - 30, SIZE - 8), slice(SIZE - 44, SIZE - 6))  # rows, columns
+
+
+def stamped(image: np.ndarray) -> np.ndarray:
+    """``image`` with a bright, textured stamp (a time stamp, a scale bar) at ``STAMP``."""
+    out = image.copy()
+    h, w = SIZE - 8 - (SIZE - 30), SIZE - 6 - (SIZE - 44)
+    stamp = np.full((h, w), 255, np.uint8)
+    stamp[4:-4, 4:-4:6] = 0
+    stamp[8:-8:5, 4:-4] = 0
+    out[STAMP] = stamp
+    return out
+
+
+def stamp_mask() -> np.ndarray:
+    """True = use: everything but the stamp and a 3-pixel margin around it."""
+    used = np.ones((SIZE, SIZE), bool)
+    used[STAMP[0].start - 3 : STAMP[0].stop + 3, STAMP[1].start - 3 : STAMP[1].stop + 3] = False
+    return used
+
+
+@pytest.fixture
+def stamped_work(work, pair_arrays):
+    """target.png and source.png carrying the same stamp at the same place (it does not move)."""
+    target, source = pair_arrays
+    io.write_image(work / "target.png", stamped(target))
+    io.write_image(work / "source.png", stamped(source))
+    return work
+
+
+@pytest.mark.parametrize(
+    ("target_mask", "source_mask"),
+    [
+        (("tm.png", "bool", 1), ("sm.png", "uint8", 1)),
+        (("tm.tif", "uint16", 1), ("sm.png", "uint8", 3)),  # color: any channel nonzero
+        (("tm.tif", "float32", 1), ("sm.tif", "float64", 4)),
+    ],
+)
+def test_masks_leave_out_a_stationary_stamp(stamped_work, target_mask, source_mask):
+    m = true_matrix()
+    plain = run("align", "target.png", "source.png", "--json", "--params", "plain.json")
+    off = json.loads(plain.stdout)
+    # The stamp, which does not move, pulls the unmasked estimate towards no motion at all.
+    assert math.hypot(off["tx"] - m[0, 2], off["ty"] - m[1, 2]) > 0.2, off
+
+    used = stamp_mask()
+    for name, dtype, channels in (target_mask, source_mask):
+        dt = np.dtype(dtype)
+        on = True if dt == np.bool_ else (np.iinfo(dt).max if dt.kind == "u" else 1.0)
+        mask = np.where(used, on, 0).astype(dt)
+        if channels > 1:
+            color = np.zeros((SIZE, SIZE, channels), dt)
+            color[..., 1] = mask  # the mask in green alone
+            if channels == 4:
+                color[..., 3] = mask  # and transparent where left out
+            mask = color
+        io.write_image(stamped_work / name, mask)
+    result = run("align", "target.png", "source.png", "--json",
+                 "--target-mask", target_mask[0], "--source-mask", source_mask[0])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["target_mask"] == target_mask[0] and doc["source_mask"] == source_mask[0]
+    assert abs(doc["tx"] - m[0, 2]) < 0.05 and abs(doc["ty"] - m[1, 2]) < 0.05, doc
+    assert abs(doc["theta_deg"] - THETA_DEG) < 0.02
+
+
+def test_one_mask_is_enough_for_a_stamp_in_the_target_only(work, pair_arrays):
+    target, source = pair_arrays
+    io.write_image(work / "target.png", stamped(target))
+    io.write_image(work / "keep.png", stamp_mask())
+    result = run("align", "target.png", "source.png", "--json", "--target-mask", "keep.png")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["target_mask"] == "keep.png" and doc["source_mask"] is None
+    m = true_matrix()
+    assert abs(doc["tx"] - m[0, 2]) < 0.05 and abs(doc["ty"] - m[1, 2]) < 0.05, doc
+
+
+def test_no_masks_are_recorded_as_null(work):
+    result = run("align", "target.png", "source.png", "--json")
+    doc = json.loads(result.stdout)
+    assert doc["target_mask"] is None and doc["source_mask"] is None
+
+
+@pytest.mark.parametrize("option", ["--target-mask", "--source-mask"])
+def test_mask_size_mismatch_is_one_line_exit_2(work, option):
+    io.write_image(work / "small.png", np.ones((SIZE - 6, SIZE + 4), np.uint8))
+    line = assert_one_line_error(run("align", "target.png", "source.png", option, "small.png"),
+                                 "small.png", "size")
+    which = option[2:8]
+    assert f"{SIZE + 4}x{SIZE - 6}" in line and f"{SIZE}x{SIZE}" in line
+    assert f"the {which} {which}.png" in line
+    assert listing(work) == ["small.png", *INPUTS]
+
+
+def test_mask_of_the_other_image_size(work, pair_arrays):
+    # The target is smaller than the source: each mask is checked against its own image.
+    io.write_image(work / "target.png", pair_arrays[0][:80, :70])
+    io.write_image(work / "tm.png", np.ones((80, 70), np.uint8))
+    line = assert_one_line_error(
+        run("align", "target.png", "source.png", "--source-mask", "tm.png"), "tm.png", "70x80")
+    assert f"{SIZE}x{SIZE}" in line
+
+
+@pytest.mark.parametrize("option", ["--target-mask", "--source-mask"])
+def test_missing_or_corrupt_mask_file(work, option):
+    assert_one_line_error(run("align", "target.png", "source.png", option, "nope.png"),
+                          "nope.png", "no such file")
+    (work / "bad.png").write_text("not a mask\n")
+    assert_one_line_error(run("align", "target.png", "source.png", option, "bad.png"),
+                          "bad.png", "not an image")
+    assert listing(work) == ["bad.png", *INPUTS]
+
+
+def test_mask_leaving_nothing_names_the_mask(work):
+    io.write_image(work / "zero.png", np.zeros((SIZE, SIZE), np.uint8))
+    assert_one_line_error(run("align", "target.png", "source.png", "--source-mask", "zero.png"),
+                          "zero.png", "mask")
+    assert listing(work) == INPUTS + ["zero.png"]
+
+
+def test_output_would_overwrite_a_mask(work):
+    io.write_image(work / "m.png", np.ones((SIZE, SIZE), np.uint8))
+    before = (work / "m.png").read_bytes()
+    assert_one_line_error(
+        run("align", "target.png", "source.png", "--target-mask", "m.png", "-o", "m.png"),
+        "m.png", "overwrite an input")
+    assert (work / "m.png").read_bytes() == before
+
+
+# --------------------------------------------------------------------------------------------
+# Where the descent starts: --init auto|none|TX,TY,DEG
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("given", "method"),
+                         [(None, "auto"), ("auto", "auto"), ("AUTO", "auto"), ("none", "none"),
+                          (" None ", "none"), ("0,0,1", "given")])
+def test_init_is_recorded_in_the_json(work, given, method):
+    args = ["align", "target.png", "source.png", "--json"]
+    if given is not None:
+        args += ["--init", given]
+    result = run(*args)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["init"]["method"] == method
+    assert {"tx", "ty", "theta_deg"} <= set(doc["init"])
+    if method == "given":
+        assert [doc["init"][k] for k in ("tx", "ty", "theta_deg")] == pytest.approx([0, 0, 1])
+    if method == "none":  # equal sizes: centers matched is the identity
+        assert [doc["init"][k] for k in ("tx", "ty", "theta_deg")] == pytest.approx([0, 0, 0])
+    assert abs(doc["theta_deg"] - THETA_DEG) < 0.05
+
+
+def test_init_auto_finds_a_large_rotation_that_none_misses(tmp_path, monkeypatch):
+    target, source = make_pair(theta_deg=120.0, shift=(6.0, -4.0))
+    io.write_image(tmp_path / "target.png", target)
+    io.write_image(tmp_path / "source.png", source)
+    monkeypatch.chdir(tmp_path)
+    result = run("align", "target.png", "source.png")  # auto, the default
+    assert result.exit_code == 0, result.stderr
+    assert "start      global search" in result.stdout and "match      ncc" in result.stdout
+    doc = json.loads((tmp_path / "source_aligned.json").read_text())
+    assert doc["init"]["method"] == "auto" and doc["ncc"] > 0.9
+    m = true_matrix(120.0, (6.0, -4.0))
+    assert abs(doc["theta_deg"] - 120.0) < 0.05
+    assert abs(doc["tx"] - m[0, 2]) < 0.1 and abs(doc["ty"] - m[1, 2]) < 0.1
+
+    missed = run("align", "target.png", "source.png", "--init", "none", "--json")
+    assert missed.exit_code == 1  # reported, not a silent wrong answer
+    doc = json.loads(missed.stdout)
+    assert doc["converged"] is False and doc["reason"]
+    assert doc["init"]["method"] == "none"
+
+
+def test_unrelated_images_exit_1_with_the_reason(work):
+    other = io.read_image(SAMPLES / "gravel.jpg")[100 : 100 + SIZE, 200 : 200 + SIZE]
+    io.write_image(work / "other.png", other)
+    result = run("align", "target.png", "other.png")
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert "converged  NO" in result.stdout and "ncc" in result.stdout
+    assert "did not converge" in result.stderr
+    doc = json.loads((work / "other_aligned.json").read_text())
+    assert doc["converged"] is False and doc["reason"]
+    assert doc["ncc"] is None or doc["ncc"] < 0.5
+    assert (work / "other_aligned.png").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Minimum overlap
+# --------------------------------------------------------------------------------------------
+
+
+def test_min_overlap_reaches_the_engine(work):
+    # The 3-degree rotation leaves about 4% of the target outside the source.
+    result = run("align", "target.png", "source.png", "--min-overlap", "0.99")
+    assert result.exit_code == 1, result.stderr
+    doc = json.loads((work / "source_aligned.json").read_text())
+    assert doc["converged"] is False and "overlap" in doc["reason"]
+    assert run("align", "target.png", "source.png", "--min-overlap", "0.5", "-q").exit_code == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,11 +613,16 @@ def test_output_format_cannot_hold_the_data(work, pair_arrays):
         (["align", "target.png", "source.png", "--bogus"], ["no such option"]),
         (["align", "target.png", "source.png", "--init", "1,2"], ["tx,ty,deg"]),
         (["align", "target.png", "source.png", "--init", "a,b,c"], ["tx,ty,deg"]),
+        (["align", "target.png", "source.png", "--init", "automatic"], ["auto", "none"]),
+        (["align", "target.png", "source.png", "--init", "1,2,inf"], ["tx,ty,deg"]),
         (["align", "target.png", "source.png", "--optimizer", "adam"], ["adam"]),
         (["align", "target.png", "source.png", "--tol", "0"], ["--tol"]),
         (["align", "target.png", "source.png", "--levels", "0"], ["--levels"]),
         (["align", "target.png", "source.png", "--levels", "30"], ["levels"]),
         (["align", "target.png", "source.png", "--fill", "nan"], ["--fill"]),
+        (["align", "target.png", "source.png", "--min-overlap", "0"], ["--min-overlap"]),
+        (["align", "target.png", "source.png", "--min-overlap", "1.5"], ["--min-overlap"]),
+        (["align", "target.png", "source.png", "--min-overlap", "x"], ["--min-overlap"]),
         (["frobnicate"], ["no such command"]),
     ],
 )

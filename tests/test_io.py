@@ -467,3 +467,96 @@ def test_check_output_path_format(tmp_path):
 def test_default_output_path(source, dtype, channels, expected):
     assert io.default_output_path(source, dtype, channels) == Path(expected)
     assert io.default_output_path(source, dtype, channels, "out") == Path("out") / expected
+
+
+# --------------------------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------------------------
+
+
+def expected_mask(shape: tuple[int, int] = SHAPE) -> np.ndarray:
+    """A mask with a hole and an odd border, so a transposed or shifted reading shows."""
+    used = np.ones(shape, bool)
+    used[3:9, 5:20] = False
+    used[:, -1] = False
+    return used
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [("m.png", "bool"), ("m.png", "uint8"), ("m.png", "uint16"), ("m.tif", "uint16"),
+     ("m.tif", "float32"), ("m.tif", "float64"), ("m.tif", "bool")],
+)
+def test_read_mask_gray_of_every_type(tmp_path, name, dtype):
+    used = expected_mask()
+    dt = np.dtype(dtype)
+    on = True if dt == np.bool_ else (np.iinfo(dt).max if dt.kind == "u" else 0.5)
+    write_image(tmp_path / name, np.where(used, on, 0).astype(dt))
+    mask = io.read_mask(tmp_path / name, SHAPE)
+    assert mask.dtype == np.bool_ and mask.shape == SHAPE
+    np.testing.assert_array_equal(mask, used)
+
+
+def test_read_mask_any_nonzero_value_counts(tmp_path):
+    values = np.where(expected_mask(), 1, 0).astype(np.uint8)  # 1/255: dark, still used
+    write_image(tmp_path / "m.png", values)
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "m.png"), expected_mask())
+    floats = np.where(expected_mask(), -1e-6, 0.0)
+    floats[0, 0] = np.nan  # no value: not used
+    write_image(tmp_path / "f.tif", floats)
+    want = expected_mask()
+    want[0, 0] = False
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "f.tif"), want)
+
+
+def test_read_mask_jpeg_is_thresholded_at_half(tmp_path):
+    used = expected_mask((64, 64))
+    write_image(tmp_path / "m.jpg", np.where(used, 255, 0).astype(np.uint8))
+    assert (io.read_image(tmp_path / "m.jpg")[~used] != 0).any()  # why: JPEG's black is not 0
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "m.jpg"), used)
+
+
+def test_read_mask_color_any_channel(tmp_path):
+    used = expected_mask()
+    rgb = np.zeros((*SHAPE, 3), np.uint8)
+    rgb[used, 1] = 255  # green where used
+    rgb[0, 0] = (0, 0, 7)  # blue only: used too
+    write_image(tmp_path / "m.png", rgb)
+    want = used.copy()
+    want[0, 0] = True
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "m.png", SHAPE), want)
+
+
+def test_read_mask_rgba_opaque_black_and_white(tmp_path):
+    used = expected_mask()
+    rgba = np.full((*SHAPE, 4), 255, np.uint8)
+    rgba[~used, :3] = 0  # opaque black: left out, although alpha is nonzero
+    write_image(tmp_path / "m.png", rgba)
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "m.png"), used)
+
+
+def test_read_mask_rgba_transparent_is_left_out(tmp_path):
+    used = expected_mask()
+    rgba = np.full((*SHAPE, 4), 255, np.uint8)
+    rgba[~used, 3] = 0  # drawn in the alpha channel over white
+    write_image(tmp_path / "m.png", rgba)
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "m.png"), used)
+
+
+def test_read_mask_size_mismatch_names_the_mask_and_both_sizes(tmp_path):
+    write_image(tmp_path / "m.png", np.ones((20, 30), np.uint8))
+    with pytest.raises(ImageError) as info:
+        io.read_mask(tmp_path / "m.png", (23, 31), "the target t.png")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'm.png'}: ") and "\n" not in message
+    assert "30x20" in message and "31x23" in message and "the target t.png" in message
+    with pytest.raises(ImageError, match="its image is 31x23"):
+        io.read_mask(tmp_path / "m.png", (23, 31, 3))
+
+
+def test_read_mask_refuses_what_read_image_refuses(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        io.read_mask(tmp_path / "missing.png", SHAPE)
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(ImageError, match="not an image"):
+        io.read_mask(tmp_path / "bad.png", SHAPE)
