@@ -1,9 +1,9 @@
 """Reading and writing images and parameter files, with errors that name the file.
 
 This module is the only place regtool touches image files. It does no numerics beyond exact dtype
-conversion: what it reads is either one of the dtypes the library registers (bool, uint8, uint16,
-float32, float64) or refused with an :class:`ImageError` whose message names the file and the
-problem in one line.
+conversion (and turning a mask image into used / not used): what it reads is either one of the
+dtypes the library registers (bool, uint8, uint16, float32, float64) or refused with an
+:class:`ImageError` whose message names the file and the problem in one line.
 
 Formats
 -------
