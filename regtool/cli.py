@@ -303,6 +303,8 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
     match = []
     if "ncc" in doc:
         match.append(f"ncc {_number(doc['ncc'], '.4f')}")
+    if "detail_ncc" in doc:
+        match.append(f"detail ncc {_number(doc['detail_ncc'], '.4f')}")
     if "residual" in doc:
         match.append(f"residual {_number(doc['residual'], '.4g')} (RMS)")
     if match:

@@ -428,6 +428,7 @@ def test_init_auto_finds_a_large_rotation_that_none_misses(tmp_path, monkeypatch
     assert "start      global search" in result.stdout and "match      ncc" in result.stdout
     doc = json.loads((tmp_path / "source_aligned.json").read_text())
     assert doc["init"]["method"] == "auto" and doc["ncc"] > 0.9
+    assert doc.get("detail_ncc", 1.0) > 0.5
     m = true_matrix(120.0, (6.0, -4.0))
     assert abs(doc["theta_deg"] - 120.0) < 0.05
     assert abs(doc["tx"] - m[0, 2]) < 0.1 and abs(doc["ty"] - m[1, 2]) < 0.1
