@@ -100,3 +100,15 @@ def test_quality_fields_in_the_json_document():
     assert regtool.align(target, source, init="none").to_dict()["init"]["method"] == "none"
     with pytest.raises(ValueError, match="init"):
         regtool.align(target, source, init="global")
+
+
+@pytest.mark.parametrize(("which", "gain", "offset"),
+                         [(0, 0.6, 0.2), (1, 1.4, -0.2), (0, 0.75, -0.15), (1, 0.6, -0.2)])
+def test_ncc_holds_under_strong_gain_and_offset(which, gain, offset):
+    # gain in [0.6, 1.4], offset up to 20% of the range, 3% noise on both images
+    shape = (200, 180)
+    target, source, m = make_pair(photo(which), shape, (12.0, -9.0), 30.0, noise=0.03,
+                                  gain=gain, offset=offset, seed=9)
+    r = regtool.align(target, source, metric="ncc")
+    assert r.converged, r.reason
+    assert endpoint_error(m, r.matrix, shape) < 0.1
