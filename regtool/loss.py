@@ -274,10 +274,24 @@ class Residual:
     e_grad: np.ndarray | None = None
 
 
+def dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Inner product of two 1-D arrays, in float64, without BLAS.
+
+    Multithreaded OpenBLAS's ddot on a vector of 65536 doubles was measured here at 8 ms,
+    against 0.03 ms for einsum's own loop (and 0.013 ms for ddot on one thread).
+    """
+    return float(np.einsum("i,i->", a, b, dtype=np.float64))
+
+
+def gram(rows: np.ndarray) -> np.ndarray:
+    """``rows @ rows.T`` in float64 for a few long rows, without BLAS (see :func:`dot`)."""
+    return np.einsum("ij,kj->ik", rows, rows, dtype=np.float64)
+
+
 def _sum_squares(e: np.ndarray) -> float:
     # float32 accumulation over a million pixels loses the last digits the optimizers compare
     flat = e.ravel()
-    return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
+    return dot(flat, flat)
 
 
 def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: str) -> Residual:
@@ -294,7 +308,7 @@ def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: 
     fv = target[valid].astype(np.float64)
     gm, fm = gv.mean(), fv.mean()
     gc, fc = gv - gm, fv - fm
-    sgg, sff, sgf = float(gc @ gc), float(fc @ fc), float(gc @ fc)
+    sgg, sff, sgf = dot(gc, gc), dot(fc, fc), dot(gc, fc)
     if sgg <= 0.0 or sff <= 0.0:
         return Residual(np.zeros_like(target), valid, n, math.inf, math.inf, 1.0)
     a = math.sqrt(sff / sgg)

@@ -59,9 +59,7 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
     sd[1] = gy
     sd[2] = gy * (xs - center[0]) - gx * (ys - center[1])
     del xs, ys
-    sd_t = sd[:, tv].astype(np.float64)
-    h_all = sd_t @ sd_t.T
-    del sd_t
+    h_all = L.gram(sd[:, tv])
 
     m = matrix.copy()
     # (matrix, hessian, gradient, objective, predicted reduction) of the last accepted point
@@ -99,8 +97,7 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
         lost = np.flatnonzero(tv & ~valid)
         h = h_all
         if lost.size:
-            s_lost = sd[:, lost].astype(np.float64)
-            h = h_all - s_lost @ s_lost.T
+            h = h_all - L.gram(sd[:, lost])
         if metric == "ncc":
             # The fitted offset makes e zero-mean on the overlap; centre the steepest-descent
             # images too, so the Hessian ignores the part a constant offset already explains.
