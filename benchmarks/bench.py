@@ -28,6 +28,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 import argparse  # noqa: E402
 import datetime as _dt  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
@@ -53,16 +54,44 @@ ROOT = HERE.parent
 
 #: Success threshold on the mean endpoint error.
 SUCCESS_PX = 0.5
-#: regtool's optimizers benchmarked (metric "ssd"), and the default against which time is scaled.
+#: regtool's optimizers benchmarked (metric "ssd", regtool's default init), and the default
+#: against which time is scaled.
 REGTOOL_METHODS = ("gd", "scaled", "gauss-newton")
 DEFAULT_METHOD = "gauss-newton"
+#: The default optimizer without the global initialization: measures what the search costs.
+INIT_NONE_METHOD = "gauss-newton (init none)"
 NCC_METHOD = "gauss-newton+ncc"
 PEER_METHODS = tuple(P.PEERS)
-ALL_METHODS = REGTOOL_METHODS + (NCC_METHOD,) + PEER_METHODS
+REGTOOL_ALL = REGTOOL_METHODS + (INIT_NONE_METHOD, NCC_METHOD)
+ALL_METHODS = REGTOOL_ALL + PEER_METHODS
 SIZES = {"251x301": (301, 251), "512": (512, 512), "1024": (1024, 1024)}
 
-#: A method returns the 3x3 matrix, or (matrix, converged, reason) when it reports convergence.
-Method = Callable[[np.ndarray, np.ndarray], "np.ndarray | tuple[np.ndarray, bool, str | None]"]
+#: The tiers of issue 2; plain gd (the slow, always failing baseline) runs on these only.
+CLASSIC_TIERS = ("small", "medium", "gain")
+GD_TIERS = CLASSIC_TIERS
+#: The NCC metric runs where the source's intensities are changed.
+NCC_TIERS = ("gain", "hard")
+#: Cases per size of the newer tiers when --cases is not given (the classic ones: 8 everywhere).
+NEW_TIER_CASES = {"251x301": 8, "512": 8, "1024": 4}
+#: Target of issue 3: regtool's default with init="auto" at most this times init="none" in
+#: median time on the small tier.
+INIT_COST_TARGET = 1.25
+#: Target of issue 3: at most this share of regtool's successful registrations reported failed.
+FALSE_ALARM_TARGET = 0.01
+
+
+@dataclass
+class Reported:
+    """What a regtool call returns besides its matrix."""
+
+    matrix: np.ndarray
+    converged: bool
+    reason: str | None
+    info: dict[str, float | str | None]
+
+
+#: A method returns the 3x3 matrix (peers), or a :class:`Reported` (regtool).
+Method = Callable[[np.ndarray, np.ndarray], "np.ndarray | Reported"]
 
 
 @dataclass
@@ -75,30 +104,86 @@ class Run:
     seconds: float
     failure: str | None = None
     converged: bool | None = None  # what the method claimed, when it says
+    info: dict[str, float | str | None] | None = None  # regtool: ncc, init time and start
+
+    @property
+    def related(self) -> bool:
+        """False on an ``unrelated`` pair (no true transform; the error is NaN)."""
+        return self.case.related
+
+    @property
+    def ok(self) -> bool:
+        """A successful registration of a related pair."""
+        return self.case.related and self.error < SUCCESS_PX
+
+    @property
+    def rejected(self) -> bool:
+        """The method said it failed: an exception, or regtool's ``converged == False``."""
+        return self.failure is not None
 
 
 # --------------------------------------------------------------------------- methods
 
 
-def regtool_method(optimizer: str, metric: str, max_iter: int | None) -> Method:
-    """A regtool.align call as a ``(target, source) -> 3x3`` method."""
+def regtool_init_modes() -> tuple[str, object]:
+    """regtool's default ``init`` (as text) and the value that turns the search off.
+
+    Before the global initialization landed, ``init`` accepted only None or a tuple and None
+    meant "centers matched, no rotation"; since, ``"none"`` does that and ``"auto"`` is the
+    default.
+    """
+    import inspect
+
     import regtool
 
-    def run(target: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, bool, str | None]:
+    default = inspect.signature(regtool.align).parameters["init"].default
+    return repr(default), ("none" if default == "auto" else None)
+
+
+def regtool_method(optimizer: str, metric: str, max_iter: int | None,
+                   init: object = "default") -> Method:
+    """A regtool.align call as a ``(target, source) -> Reported`` method.
+
+    ``init="default"`` leaves regtool's own default in place (not passed).
+    """
+    import regtool
+
+    extra = {} if isinstance(init, str) and init == "default" else {"init": init}
+
+    def run(target: np.ndarray, source: np.ndarray) -> Reported:
         res = regtool.align(target, source, optimizer=optimizer, metric=metric,
-                            max_iter=max_iter)
+                            max_iter=max_iter, **extra)
         m = np.eye(3)
         m[:2] = np.asarray(res.matrix, dtype=float)[:2]
-        return m, bool(res.converged), res.reason
+        start = getattr(res, "init", None) or {}
+        info: dict[str, float | str | None] = {
+            "ncc": getattr(res, "ncc", None),
+            "residual": getattr(res, "residual", None),
+            "init": start.get("method"),
+            "init_s": start.get("time_s"),
+        }
+        if all(k in start for k in ("tx", "ty", "theta_deg")):
+            info["start"] = repr((float(start["tx"]), float(start["ty"]),
+                                  float(start["theta_deg"])))
+        return Reported(m, bool(res.converged), res.reason, info)
 
     return run
+
+
+def _start_matrix(info: dict[str, float | str | None] | None) -> np.ndarray | None:
+    """The starting matrix regtool reported (origin-based tx, ty, theta_deg), if any."""
+    if not info or not info.get("start"):
+        return None
+    tx, ty, deg = (float(v) for v in str(info["start"]).strip("()").split(","))
+    co, si = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return np.array([[co, -si, tx], [si, co, ty], [0.0, 0.0, 1.0]])
 
 
 def build_methods(names: list[str], gd_max_iter: int | None) -> tuple[dict[str, Method], str]:
     """Resolve method names to callables; return them and a note on what is missing."""
     out: dict[str, Method] = {}
     notes: list[str] = []
-    wanted_regtool = [n for n in names if n in REGTOOL_METHODS or n == NCC_METHOD]
+    wanted_regtool = [n for n in names if n in REGTOOL_ALL]
     if wanted_regtool:
         try:
             import regtool  # noqa: F401
@@ -106,10 +191,15 @@ def build_methods(names: list[str], gd_max_iter: int | None) -> tuple[dict[str, 
             notes.append(f"regtool not importable ({exc}); its methods skipped")
             wanted_regtool = []
     peers = P.available_peers()
+    init_none: object = None
+    if wanted_regtool:
+        _, init_none = regtool_init_modes()
     for name in names:
         if name in wanted_regtool:
             if name == NCC_METHOD:
                 out[name] = regtool_method("gauss-newton", "ncc", None)
+            elif name == INIT_NONE_METHOD:
+                out[name] = regtool_method("gauss-newton", "ssd", None, init_none)
             else:
                 out[name] = regtool_method(name, "ssd", gd_max_iter if name == "gd" else None)
         elif name in peers:
@@ -134,32 +224,45 @@ def time_call(method: Method, case: C.Case, name: str) -> Run:
     dt = time.perf_counter() - t0
     converged: bool | None = None
     reason: str | None = None
-    if isinstance(m, tuple):
-        m, converged, reason = m
+    info = None
+    if isinstance(m, Reported):
+        m, converged, reason, info = m.matrix, m.converged, m.reason, m.info
     if m is None or not np.all(np.isfinite(m)):
-        return Run(name, case, float("inf"), dt, "no matrix", converged)
-    err = C.endpoint_error(case.matrix, m, case.target.shape)
+        return Run(name, case, float("inf"), dt, "no matrix", converged, info)
+    # An unrelated pair has no true transform: only what the method reported counts.
+    err = C.endpoint_error(case.matrix, m, case.target.shape) if case.related else math.nan
+    start = _start_matrix(info)
+    if start is not None and info is not None and case.related:
+        info["start_err"] = C.endpoint_error(case.matrix, start, case.target.shape)
     failure = None
     if converged is False:
         failure = f"not converged: {reason}"
-    return Run(name, case, err, dt, failure, converged)
+    return Run(name, case, err, dt, failure, converged, info)
 
 
 # --------------------------------------------------------------------------- checks
 
 
-def self_checks(photos: list[C.Photo], methods: dict[str, Method]) -> list[str]:
+def self_checks(photos: list[C.Photo], methods: dict[str, Method], sizes: list[str],
+                tiers: list[str]) -> list[str]:
     """Synthesis check and peer direction check; returns report lines (also printed)."""
     lines: list[str] = []
-    # 1. source(M x) == target(x): the ground truth is right.
+    # 1. source(M x) == target(x): the ground truth is right, also for the large rotations and
+    # shifts of the newer tiers (their first case, without noise or intensity change).
+    checked = ["small"] + [t for t in tiers if t not in CLASSIC_TIERS and C.TIER_SPECS[t].related]
     for label, size in SIZES.items():
-        case = next(C.make_cases(photos, size, "small", 1, seed=99))
-        rms, rms_off = C.check_synthesis(case)
-        ok = rms < 0.1 * rms_off
-        lines.append(f"synthesis check {label}: warp(source, M) vs target RMS {rms:.3f} grey "
-                     f"levels (0.5 px off: {rms_off:.2f}) {'ok' if ok else 'FAILED'}")
-        if not ok:
-            raise SystemExit("\n".join(lines) + "\nsynthesis check failed: ground truth is wrong")
+        for tier in checked:
+            if tier != "small" and label not in sizes:
+                continue
+            case = next(C.make_cases(photos, size, tier, 1, seed=99, clean=True))
+            rms, rms_off = C.check_synthesis(case)
+            ok = rms < 0.1 * rms_off
+            what = label if tier == "small" else f"{label} {tier} ({case.describe()})"
+            lines.append(f"synthesis check {what}: warp(source, M) vs target RMS {rms:.3f} grey "
+                         f"levels (0.5 px off: {rms_off:.2f}) {'ok' if ok else 'FAILED'}")
+            if not ok:
+                raise SystemExit("\n".join(lines)
+                                 + "\nsynthesis check failed: ground truth is wrong")
     # 2. Each peer's matrix direction, on a noise-free case with rotation and shift.
     case = next(C.make_cases(photos, SIZES["512"], "small", 1, seed=7))
     peer_fns = {n: f for n, f in methods.items() if n in P.PEERS}
@@ -223,46 +326,166 @@ def _fmt_err(errors: list[float]) -> str:
     return "fail" if not np.isfinite(med) else f"{med:.3f}"
 
 
-def summarize(runs: list[Run], order: list[str]) -> list[list[str]]:
-    """Rows: method, success, median error, median time, ratio vs the default optimizer."""
+def _by_method(runs: list[Run]) -> dict[str, list[Run]]:
     by: dict[str, list[Run]] = {}
     for r in runs:
         by.setdefault(r.method, []).append(r)
+    return by
+
+
+def _median_s(runs: list[Run]) -> float:
+    return statistics.median(r.seconds for r in runs)
+
+
+def summarize(runs: list[Run], order: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one size x tier.
+
+    Related pairs: method, success, median error, median time, ratio vs the default optimizer.
+    Unrelated pairs: method, share reported as a failure, median time, ratio.
+    """
+    by = _by_method(runs)
     ref = by.get(DEFAULT_METHOD)
-    ref_t = statistics.median(r.seconds for r in ref) if ref else None
+    ref_t = _median_s(ref) if ref else None
+    related = all(r.related for r in runs)
     rows: list[list[str]] = []
     for name in order:
         if name not in by:
             continue
         rs = by[name]
-        ok = sum(r.error < SUCCESS_PX for r in rs)
-        t = statistics.median(r.seconds for r in rs)
+        t = _median_s(rs)
         ratio = f"{t / ref_t:.2f}" if ref_t else "-"
-        rows.append([name, f"{ok}/{len(rs)}", _fmt_err([r.error for r in rs]),
-                     f"{1000 * t:.0f}", ratio])
-    return rows
+        if related:
+            ok = sum(r.ok for r in rs)
+            rows.append([name, f"{ok}/{len(rs)}", _fmt_err([r.error for r in rs]),
+                         f"{1000 * t:.0f}", ratio])
+        else:
+            rej = sum(r.rejected for r in rs)
+            rows.append([name, f"{rej}/{len(rs)}", f"{1000 * t:.0f}", ratio])
+    return (HEADER if related else UNRELATED_HEADER), rows
 
 
 HEADER = ["method", "success", "median err (px)", "median time (ms)", "time / gauss-newton"]
+UNRELATED_HEADER = ["method", "reported as failure", "median time (ms)", "time / gauss-newton"]
 
 
-def markdown_table(rows: list[list[str]]) -> str:
+def markdown_table(rows: list[list[str]], header: list[str] | None = None) -> str:
     """A GitHub-flavoured markdown table."""
-    lines = ["| " + " | ".join(HEADER) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|"]
+    header = header or HEADER
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def text_table(rows: list[list[str]]) -> str:
+def text_table(rows: list[list[str]], header: list[str] | None = None) -> str:
     """A plain aligned table for the terminal."""
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(HEADER)]
+    header = header or HEADER
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
-    return "\n".join([line(HEADER)] + [line(r) for r in rows])
+    return "\n".join([line(header)] + [line(r) for r in rows])
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _size_label(case: C.Case) -> str:
+    h, w = case.target.shape
+    return f"{w}x{h}"
+
+
+def success_summary(runs: list[Run], order: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Successes per (tier, size) for every method: one row per tier and size."""
+    cells: dict[tuple[str, str], dict[str, list[Run]]] = {}
+    for r in runs:
+        if r.related:
+            cells.setdefault((r.case.tier, _size_label(r.case)), {}).setdefault(
+                r.method, []).append(r)
+    methods = [m for m in order if any(m in c for c in cells.values())]
+    rows = []
+    for (tier, size), by in sorted(cells.items(), key=lambda kv: (
+            C.TIERS.index(kv[0][0]), _pixels(kv[0][1]))):
+        rows.append([tier, size] + [f"{sum(r.ok for r in by[m])}/{len(by[m])}" if m in by
+                                    else "-" for m in methods])
+    return ["tier", "size"] + methods, rows
+
+
+def _pixels(label: str) -> int:
+    w, h = label.split("x")
+    return int(w) * int(h)
+
+
+def unrelated_summary(runs: list[Run], order: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Unrelated pairs reported as failures, per size, for every method (and all sizes)."""
+    cells: dict[str, dict[str, list[Run]]] = {}
+    for r in runs:
+        if not r.related:
+            cells.setdefault(_size_label(r.case), {}).setdefault(r.method, []).append(r)
+    if not cells:
+        return [], []
+    if len(cells) > 1:
+        total: dict[str, list[Run]] = {}
+        for by in list(cells.values()):
+            for m, rs in by.items():
+                total.setdefault(m, []).extend(rs)
+        cells["all sizes"] = total
+    methods = [m for m in order if any(m in c for c in cells.values())]
+    rows = []
+    for size, by in cells.items():
+        row = [size]
+        for m in methods:
+            rs = by.get(m, [])
+            rej = sum(r.rejected for r in rs)
+            row.append(f"{rej}/{len(rs)} ({100 * rej / len(rs):.0f}%)" if rs else "-")
+        rows.append(row)
+    return ["size"] + methods, rows
+
+
+def trust_summary(runs: list[Run], order: list[str]) -> tuple[list[str], list[list[str]]]:
+    """For every regtool method, over the related tiers: false alarms and silent failures.
+
+    A false alarm is a successful registration (error < 0.5 px) reported ``converged=False``;
+    a silent failure a wrong one (error >= 0.5 px) reported ``converged=True``.
+    """
+    rows = []
+    by = _by_method([r for r in runs if r.related and r.converged is not None])
+    for m in order:
+        rs = by.get(m)
+        if not rs:
+            continue
+        good = [r for r in rs if r.ok]
+        bad = [r for r in rs if not r.ok]
+        alarms = sum(r.converged is False for r in good)
+        silent = sum(r.converged is True for r in bad)
+        rows.append([m, str(len(good)), f"{alarms}/{len(good)}",
+                     f"{100 * alarms / len(good):.1f}%" if good else "-",
+                     f"{silent}/{len(bad)}"])
+    return ["method", "successes", "false alarms", "false-alarm rate",
+            "failures reported converged"], rows
+
+
+def init_cost_summary(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    """Small tier, per size: median time of the default vs the default without the search."""
+    rows = []
+    sizes: dict[str, dict[str, list[Run]]] = {}
+    for r in runs:
+        if r.case.tier == "small" and r.method in (DEFAULT_METHOD, INIT_NONE_METHOD):
+            sizes.setdefault(_size_label(r.case), {}).setdefault(r.method, []).append(r)
+    for size, by in sizes.items():
+        if DEFAULT_METHOD not in by or INIT_NONE_METHOD not in by:
+            continue
+        auto, none = _median_s(by[DEFAULT_METHOD]), _median_s(by[INIT_NONE_METHOD])
+        search = [float(r.info["init_s"]) for r in by[DEFAULT_METHOD]
+                  if r.info and r.info.get("init_s") is not None]
+        ratio = auto / none
+        rows.append([size, f"{1000 * auto:.1f}", f"{1000 * none:.1f}",
+                     f"{1000 * statistics.median(search):.1f}" if search else "-",
+                     f"{ratio:.2f}", "yes" if ratio <= INIT_COST_TARGET else "NO"])
+    return ["size", "gauss-newton (ms)", "init none (ms)", "of which search (ms)",
+            "ratio", f"<= {INIT_COST_TARGET}"], rows
 
 
 # --------------------------------------------------------------------------- environment
@@ -304,9 +527,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated sizes among {', '.join(SIZES)} (default: all)")
     p.add_argument("--tiers", default=",".join(C.TIERS),
                    help=f"comma-separated tiers among {', '.join(C.TIERS)} (default: all)")
-    p.add_argument("--cases", type=int, default=8, help="cases per size and tier (default 8)")
+    p.add_argument("--cases", type=int, default=None,
+                   help="cases per size and tier (default: 8 for the classic tiers "
+                        f"{', '.join(CLASSIC_TIERS)}; for the others "
+                        + ", ".join(f"{n} at {s}" for s, n in NEW_TIER_CASES.items()) + ")")
     p.add_argument("--gd-cases", type=int, default=3,
-                   help="cases per size and tier for plain gd, the slow one (default 3)")
+                   help="cases per size and tier for plain gd, the slow one, on the tiers "
+                        f"{', '.join(GD_TIERS)} only (default 3)")
     p.add_argument("--gd-max-iter", type=int, default=None,
                    help="max_iter passed to regtool's gd (default: regtool's own)")
     p.add_argument("--methods", default=",".join(ALL_METHODS),
@@ -320,6 +547,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also write one row per (case, method) to this CSV file")
     p.add_argument("--no-cli", action="store_true", help="skip the CLI wall-time measurement")
     return p.parse_args(argv)
+
+
+def case_count(args: argparse.Namespace, size: str, tier: str) -> int:
+    """Cases of ``tier`` at ``size``: --cases, or the default schedule."""
+    if args.cases is not None:
+        return args.cases
+    return 8 if tier in CLASSIC_TIERS else NEW_TIER_CASES[size]
+
+
+def runs_method(name: str, tier: str, index: int, gd_cases: int) -> bool:
+    """Whether method ``name`` runs on case ``index`` of ``tier``."""
+    if name == NCC_METHOD:
+        return tier in NCC_TIERS
+    if name == "gd":
+        return tier in GD_TIERS and index < gd_cases
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,81 +582,135 @@ def main(argv: list[str] | None = None) -> int:
     methods, note = build_methods(names, args.gd_max_iter)
     if note:
         print("note:", note)
+    init_note = ""
+    if any(n in REGTOOL_ALL for n in methods):
+        default_init, none_value = regtool_init_modes()
+        init_note = (f"regtool's default init = {default_init} (used by every regtool row but "
+                     f"`{INIT_NONE_METHOD}`, which passes init={none_value!r})")
+        print(init_note)
 
     photos = C.load_photos()
     photo_note = ", ".join(f"{p.name} ({p.image.shape[1]}x{p.image.shape[0]})" for p in photos)
     print("photos:", photo_note, flush=True)
-    checks = self_checks(photos, methods)
+    checks = self_checks(photos, methods, sizes, tiers)
     print("\n".join(checks), flush=True)
 
     sections: list[str] = []
     all_runs: list[Run] = []
-    upsampled: set[str] = set()
+    upsampled: dict[str, set[str]] = {}
+    order = [n for n in ALL_METHODS if n in methods]
     for s in sizes:
         for tier in tiers:
-            tier_cases = list(C.make_cases(photos, SIZES[s], tier, args.cases, seed=args.seed))
-            upsampled.update(c.photo for c in tier_cases if re.search(r"x\d+$", c.photo))
+            t_tier = time.perf_counter()
+            tier_cases = list(C.make_cases(photos, SIZES[s], tier, case_count(args, s, tier),
+                                           seed=args.seed))
+            for c in tier_cases:
+                for name in (c.photo, c.target_photo):
+                    if re.search(r"x\d+$", name):
+                        upsampled.setdefault(f"{s} {tier}", set()).add(name)
             runs: list[Run] = []
             for i, case in enumerate(tier_cases):
                 for name, fn in methods.items():
-                    if name == NCC_METHOD and tier != "gain":
-                        continue
-                    if name == "gd" and i >= args.gd_cases:
-                        continue
-                    runs.append(time_call(fn, case, name))
+                    if runs_method(name, tier, i, args.gd_cases):
+                        runs.append(time_call(fn, case, name))
             all_runs += runs
-            order = [n for n in ALL_METHODS if n in methods]
-            rows = summarize(runs, order)
+            header, rows = summarize(runs, order)
             h, w = SIZES[s]
             title = f"{w}x{h}, tier {tier} ({len(tier_cases)} cases)"
-            print(f"\n== {title}\n{text_table(rows)}", flush=True)
-            sections.append(f"### {title}\n\n{markdown_table(rows)}\n")
+            print(f"\n== {title} [{time.perf_counter() - t_tier:.0f} s]\n"
+                  f"{text_table(rows, header)}", flush=True)
+            sections.append(f"### {title}\n\n{markdown_table(rows, header)}\n")
 
     cli = "CLI: skipped (--no-cli)" if args.no_cli else cli_timing(photos)
     print("\n" + cli)
+    summaries = summary_tables(all_runs, order)
+    for title, header, rows in summaries:
+        if rows:
+            print(f"\n== {title}\n{text_table(rows, header)}")
     elapsed = time.perf_counter() - t_start
-    print(f"total bench time {elapsed / 60:.1f} min")
+    print(f"\ntotal bench time {elapsed / 60:.1f} min")
 
     if args.csv is not None:
         write_csv(args.csv, all_runs)
         print(f"wrote {args.csv}")
     if str(args.out) != "-":
-        write_report(args, sections, checks, cli, elapsed, all_runs, threads, photo_note,
-                     sorted(upsampled), note)
+        notes = [n for n in (note, init_note) if n]
+        write_report(args, sections, summaries, checks, cli, elapsed, all_runs, threads,
+                     photo_note, upsampled, notes)
         print(f"wrote {args.out}")
     return 0
+
+
+def summary_tables(runs: list[Run], order: list[str]
+                   ) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every summary table."""
+    regtool_rows = [m for m in order if m in REGTOOL_ALL]
+    return [
+        ("Success rate (error < 0.5 px) per tier and size", *success_summary(runs, order)),
+        ("Unrelated pairs reported as failures (regtool: converged=False; peers: an exception)",
+         *unrelated_summary(runs, order)),
+        ("Trust over the related tiers: successes reported as failures (false alarms, target "
+         f"<= {100 * FALSE_ALARM_TARGET:.0f}%) and failures reported as converged",
+         *trust_summary(runs, regtool_rows)),
+        (f"Cost of init='auto': median time on the small tier (target ratio <= "
+         f"{INIT_COST_TARGET})", *init_cost_summary(runs)),
+    ]
 
 
 def write_csv(path: Path, runs: list[Run]) -> None:
     """One row per run: the case's parameters, the method, its error, time and status."""
     import csv
 
+    def num(info: dict | None, key: str, scale: float = 1.0) -> str:
+        v = (info or {}).get(key)
+        return "" if v is None else f"{scale * float(v):.5g}"
+
     with path.open("w", newline="") as fh:
         out = csv.writer(fh)
-        out.writerow(["case", "tier", "photo", "theta_deg", "shift_x", "shift_y", "gain", "bias",
-                      "method", "error_px", "time_ms", "converged", "failure"])
+        out.writerow(["case", "tier", "photo", "target_photo", "theta_deg", "shift_x", "shift_y",
+                      "gain", "bias", "method", "error_px", "time_ms", "converged", "failure",
+                      "ncc", "residual", "init", "init_ms", "start_error_px"])
         for r in runs:
             c = r.case
-            out.writerow([c.name, c.tier, c.photo, f"{c.theta_deg:.4f}", f"{c.shift[0]:.4f}",
-                          f"{c.shift[1]:.4f}", f"{c.gain:.4f}", f"{c.bias:.3f}", r.method,
-                          f"{r.error:.5f}", f"{1000 * r.seconds:.2f}",
-                          "" if r.converged is None else int(r.converged), r.failure or ""])
+            out.writerow([c.name, c.tier, c.photo, c.target_photo or c.photo,
+                          f"{c.theta_deg:.4f}", f"{c.shift[0]:.4f}", f"{c.shift[1]:.4f}",
+                          f"{c.gain:.4f}", f"{c.bias:.3f}", r.method, f"{r.error:.5f}",
+                          f"{1000 * r.seconds:.2f}",
+                          "" if r.converged is None else int(r.converged), r.failure or "",
+                          num(r.info, "ncc"), num(r.info, "residual"),
+                          (r.info or {}).get("init") or "", num(r.info, "init_s", 1000.0),
+                          num(r.info, "start_err")])
+
+
+def _describe_run(r: Run) -> str:
+    """Error, claim, NCC and start of a regtool run, for the diagnostics."""
+    parts = [f"err {r.error:.2f} px" if r.related else "no truth"]
+    if r.converged is not None:
+        parts.append("reported converged" if r.converged else f"{r.failure}")
+    elif r.failure:
+        parts.append(r.failure)
+    if r.info:
+        if r.info.get("ncc") is not None:
+            parts.append(f"NCC {float(r.info['ncc']):.3f}")
+        if r.info.get("start_err") is not None:
+            parts.append(f"start {float(r.info['start_err']):.1f} px off")
+    return ", ".join(parts)
 
 
 def _discrepancies(runs: list[Run]) -> list[str]:
-    """Cases where regtool's default fails but some peer succeeds, and failure reasons."""
+    """Cases where regtool's default fails but some peer succeeds."""
     by_case: dict[str, dict[str, Run]] = {}
     for r in runs:
-        by_case.setdefault(r.case.name, {})[r.method] = r
+        if r.related:
+            by_case.setdefault(r.case.name, {})[r.method] = r
     lines: list[str] = []
     for _, rs in by_case.items():
         d = rs.get(DEFAULT_METHOD)
-        if d is None or d.error < SUCCESS_PX:
+        if d is None or d.ok:
             continue
-        good = [n for n, r in rs.items() if n in P.PEERS and r.error < SUCCESS_PX]
+        good = [n for n, r in rs.items() if n in P.PEERS and r.ok]
         if good:
-            why = d.failure or f"err {d.error:.2f} px"
-            line = f"- {d.case.describe()}: gauss-newton {why}"
+            line = f"- {d.case.describe()}: gauss-newton {_describe_run(d)}"
             ncc = rs.get(NCC_METHOD)
             if ncc is not None:
                 line += f"; gauss-newton+ncc err {ncc.error:.2f} px"
@@ -421,9 +718,10 @@ def _discrepancies(runs: list[Run]) -> list[str]:
     return lines
 
 
-def write_report(args: argparse.Namespace, sections: list[str], checks: list[str], cli: str,
-                 elapsed: float, runs: list[Run], threads: dict[str, str], photo_note: str,
-                 upsampled: list[str], note: str) -> None:
+def write_report(args: argparse.Namespace, sections: list[str],
+                 summaries: list[tuple[str, list[str], list[list[str]]]], checks: list[str],
+                 cli: str, elapsed: float, runs: list[Run], threads: dict[str, str],
+                 photo_note: str, upsampled: dict[str, set[str]], notes: list[str]) -> None:
     """Write RESULTS.md."""
     failures: dict[str, dict[str, list[Run]]] = {}
     for r in runs:
@@ -432,6 +730,14 @@ def write_report(args: argparse.Namespace, sections: list[str], checks: list[str
             key = re.sub(r"-?\d+(\.\d+)?", "#", r.failure[:120])
             failures.setdefault(r.method, {}).setdefault(key, []).append(r)
     cmd = " ".join(["benchmarks/bench.py"] + (sys.argv[1:] if sys.argv[1:] else []))
+    counts = ("--cases " + str(args.cases) if args.cases is not None else
+              f"8 per size for the tiers {', '.join(CLASSIC_TIERS)}; for the others "
+              + ", ".join(f"{n} at {s}" for s, n in NEW_TIER_CASES.items()))
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for k, v in upsampled.items():
+        groups.setdefault(tuple(sorted(v)), []).append(k)
+    enlarged = "; ".join(f"{', '.join(keys)}: {', '.join(names)}"
+                         for names, keys in groups.items())
     parts = [
         "# regtool benchmark results",
         "",
@@ -440,34 +746,56 @@ def write_report(args: argparse.Namespace, sections: list[str], checks: list[str
         *machine_info(),
         f"- threads: BLAS/OpenMP {args.threads}; "
         + ", ".join(f"{k} = {v}" for k, v in threads.items()),
-        f"- photographs: {photo_note}"
-        + (f"; enlarged with cubic splines to hold the larger sizes: {', '.join(upsampled)}"
-           if upsampled else ""),
-        f"- cases: {args.cases} per size and tier (seed {args.seed}); plain gd on the first "
-        f"{args.gd_cases} of each"
+        f"- photographs: {photo_note}",
+        "- enlarged with cubic splines to hold the cases (size tier: photographs): "
+        + (enlarged or "none"),
+        f"- cases: {counts} (seed {args.seed}); plain gd on the first {args.gd_cases} of each "
+        f"of the tiers {', '.join(GD_TIERS)}"
         + (f", max_iter={args.gd_max_iter}" if args.gd_max_iter else "")
-        + "; gauss-newton+ncc on the gain tier only",
+        + f"; gauss-newton+ncc on the tiers {', '.join(NCC_TIERS)}",
         f"- success: mean endpoint error < {SUCCESS_PX} px; a failure (exception) counts as "
         "an infinite error; time is the median per call including failed calls",
     ]
-    if note:
-        parts.append(f"- note: {note}")
-    parts += ["", "## Self-checks", "", "```", *checks, "```", "", "## Command line", "",
+    parts += [f"- note: {n}" for n in notes]
+    parts += ["", "## Summary", ""]
+    for title, header, rows in summaries:
+        if rows:
+            parts += [f"### {title}", "", markdown_table(rows, header), ""]
+    parts += ["## Self-checks", "", "```", *checks, "```", "", "## Command line", "",
               cli, "", "## Accuracy and speed", "", *sections]
+    default_bad = [r for r in runs if r.method == DEFAULT_METHOD and r.related and not r.ok]
+    parts += ["## Every case where regtool's default fails", ""]
+    parts += [f"- {r.case.describe()}: {_describe_run(r)}"
+              + (" **(reported converged)**" if r.converged else "") for r in default_bad] \
+        or ["None."]
     disc = _discrepancies(runs)
-    parts += ["## Cases where regtool's default fails but a peer succeeds", ""]
+    parts += ["", "## Cases where regtool's default fails but a peer succeeds", ""]
     parts += disc if disc else ["None."]
-    silent = [r for r in runs if r.converged is True and not r.error < SUCCESS_PX]
+    silent = [r for r in runs if r.related and r.converged is True and not r.ok]
     parts += ["", "## Reported converged but wrong (error >= 0.5 px)", ""]
-    parts += [f"- {r.method} on {r.case.describe()}: err {r.error:.2f} px" for r in silent] \
+    parts += [f"- {r.method} on {r.case.describe()}: {_describe_run(r)}" for r in silent] \
+        or ["None."]
+    alarms = [r for r in runs if r.ok and r.converged is False]
+    parts += ["", "## False alarms (error < 0.5 px but reported converged=False)", ""]
+    parts += [f"- {r.method} on {r.case.describe()}: {_describe_run(r)}" for r in alarms] \
+        or ["None."]
+    accepted = [r for r in runs if not r.related and r.converged is True]
+    parts += ["", "## Unrelated pairs a regtool row accepted (reported converged)", ""]
+    parts += [f"- {r.method} on {r.case.describe()}: {_describe_run(r)}" for r in accepted] \
         or ["None."]
     parts += ["", "## Failure and non-convergence reasons (count; # stands for a number)", ""]
     if failures:
         for m, reasons in failures.items():
             for k, rs in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
-                fine = sum(r.error < SUCCESS_PX for r in rs)
-                parts.append(f"- {m}: {len(rs)} x {k}" + (
-                    f" ({fine} of them still within {SUCCESS_PX} px)" if fine else ""))
+                fine = sum(r.ok for r in rs)
+                unrel = sum(not r.related for r in rs)
+                extra = []
+                if fine:
+                    extra.append(f"{fine} of them still within {SUCCESS_PX} px")
+                if unrel:
+                    extra.append(f"{unrel} on unrelated pairs")
+                parts.append(f"- {m}: {len(rs)} x {k}" + (f" ({'; '.join(extra)})"
+                                                           if extra else ""))
     else:
         parts.append("None.")
     args.out.write_text("\n".join(parts) + "\n")
