@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -49,11 +50,6 @@ COARSE_TOL = 0.01
 # The global search runs at the level whose shorter side is 48 to 95 pixels: enough texture for
 # the spectra and phase correlation, and a few milliseconds of FFTs.
 SEARCH_SIDE = 48
-# Below this band-pass NCC over the overlap the images are called unrelated, whatever the
-# optimizer says. Measured (tests/, benchmarks/): unrelated photographs stay under 0.15,
-# related ones with 5% noise and a gain change above 0.7.
-DETAIL_MATCH = 0.35
-DETAIL_SIGMA = 3.0  # the coarse Gaussian of the band; the fine one has sigma 1
 QUALITY_GRID = 256  # the quality statistics use a grid of at most about this many pixels a side
 
 
@@ -125,7 +121,8 @@ class Result:
         Root-mean-square intensity difference over the same pixels (integer images in [0, 1]).
     detail_ncc : float
         The NCC of the two images' detail (difference of Gaussians, sigma 1 and 3 pixels of that
-        grid) over the overlap: what decides whether the images match at all (at least 0.35).
+        grid; sigma 3 and 9 when noise swamps the finer band) over the overlap: what decides
+        whether the images match at all (at least 0.35, or 0.55 in the coarser band).
     init : dict
         How the start was found: ``method`` (``auto``, ``none`` or ``given``), the starting
         ``tx``, ``ty``, ``theta_deg``, and for ``auto`` the ``level`` searched, the number of
@@ -429,11 +426,11 @@ def align(
     tx, ty, theta = rigid_params(m)
     m = rigid_matrix(tx, ty, theta)  # re-orthonormalize what round-off left
     overlap = L.overlap_fraction(m, f.shape, g.shape)
-    ncc, rms, detail = _quality(f, f_mask, g, g_mask, m)
-    if converged and not detail >= DETAIL_MATCH:
+    ncc, rms, detail, needed = _quality(f, f_mask, g, g_mask, m)
+    if converged and not detail >= needed:
         converged = False
         reason = (f"the images do not match: their detail correlates at {detail:.2f} over the "
-                  f"overlap after alignment (a match has at least {DETAIL_MATCH}; plain NCC "
+                  f"overlap after alignment (a match has at least {needed}; plain NCC "
                   f"{ncc:.2f})")
     center0 = image_center(f.shape)
     sx, sy, _ = center_params(m, center0)
@@ -448,18 +445,78 @@ def align(
     )
 
 
-def _gaussian(image: np.ndarray, taps: np.ndarray) -> np.ndarray:
+def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
+    taps = gaussian_taps(sigma)
     along_x = ndimage.correlate1d(image, taps, axis=1, mode="nearest", output=np.float32)
     return correlate_rows(along_x, taps, mode="nearest")
 
 
-_FINE_TAPS = gaussian_taps(1.0)
-_COARSE_TAPS = gaussian_taps(3.0)
+# Detail bands (Gaussian sigmas of a difference of Gaussians, in quality-grid pixels), finest
+# first, with the band-pass NCC each needs to call two images the same scene. The fine band
+# decides unless noise swamps it (its expected NCC for a perfect match under 0.5); then the
+# coarse one does, with a higher bar since unrelated shading agrees more at coarse scales.
+DETAIL_BANDS = ((1.0, 3.0, 0.35), (3.0, 9.0, 0.55))
+_SECOND_DIFF = np.array([1.0, -2.0, 1.0], dtype=np.float32)
 
 
-def _band_pass(image: np.ndarray) -> np.ndarray:
-    """Difference of Gaussians (sigma 1 and 3): the detail that unrelated images do not share."""
-    return _gaussian(image, _FINE_TAPS) - _gaussian(image, _COARSE_TAPS)
+def _noise_sigma(image: np.ndarray, valid: np.ndarray) -> float:
+    """White-noise standard deviation of an image (Immerkaer's estimator, 1996).
+
+    Its 3x3 kernel is the outer product of two second differences, so it runs as two 1-D passes.
+    """
+    response = ndimage.correlate1d(image, _SECOND_DIFF, axis=1, mode="nearest")
+    response = np.abs(correlate_rows(response, _SECOND_DIFF, mode="nearest"))
+    inner = ndimage.minimum_filter(valid, size=3, mode="constant")
+    if not inner.any():
+        return 0.0
+    return math.sqrt(math.pi / 2) / 6.0 * float(response[inner].mean())
+
+
+@lru_cache(maxsize=8)
+def _band_noise_gain(fine: float, coarse: float) -> float:
+    """Variance of the band-passed image per unit variance of white noise: sum of taps^2."""
+    r = int(3 * coarse) + 1
+    impulse = np.zeros((2 * r + 1, 2 * r + 1), dtype=np.float32)
+    impulse[r, r] = 1.0
+    kernel = _gaussian(impulse, fine) - _gaussian(impulse, coarse)
+    return float(np.sum(kernel.astype(np.float64) ** 2))
+
+
+def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
+    """Band-pass NCC of the two grids over the overlap in the finest band noise allows, and the
+    value a match needs in that band.
+
+    A band that shows a match settles it. A band that does not settles it only if it is clean
+    enough to have shown one (expected NCC of a perfect match, given each image's noise, of 0.5
+    or more); otherwise the next, coarser band decides.
+    """
+    a = warped[valid]
+    filled = np.where(valid, warped, np.float32(a.mean()))
+    blurred: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+    noise: tuple[float, float] | None = None
+    result = (math.nan, DETAIL_BANDS[0][2])
+    for fine, coarse, bar in DETAIL_BANDS:
+        for sg in (fine, coarse):
+            if sg not in blurred:
+                blurred[sg] = (_gaussian(filled, sg), _gaussian(target, sg))
+        # only pixels whose filter window lies wholly inside the overlap
+        inner = ndimage.minimum_filter(valid, size=2 * int(3 * coarse) + 1, mode="constant")
+        if np.count_nonzero(inner) < 64:
+            break
+        bw = (blurred[fine][0] - blurred[coarse][0])[inner]
+        bt = (blurred[fine][1] - blurred[coarse][1])[inner]
+        result = (_ncc(bw, bt), bar)
+        if result[0] >= bar:
+            break
+        if noise is None:
+            noise = (_noise_sigma(filled, valid), _noise_sigma(target, valid))
+        gain = _band_noise_gain(fine, coarse)
+        tw, tt = float(np.var(bw)), float(np.var(bt))
+        signal = max(tw - gain * noise[0] ** 2, 0.0) * max(tt - gain * noise[1] ** 2, 0.0)
+        expected = math.sqrt(signal / (tw * tt)) if tw > 0 and tt > 0 else 0.0
+        if expected >= 0.5:
+            break
+    return result
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -470,8 +527,8 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _quality(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray, g_mask: np.ndarray | None,
-             m: np.ndarray) -> tuple[float, float, float]:
-    """NCC, RMS difference and band-pass NCC of target and warped source over their overlap.
+             m: np.ndarray) -> tuple[float, float, float, float]:
+    """NCC, RMS difference, band-pass NCC and the band-pass NCC a match needs, over the overlap.
 
     Sampled on a regular grid of the target (every other pixel, coarser on images over 512
     pixels) with bilinear interpolation: plenty for a statistic, and a small part of the call.
@@ -495,15 +552,8 @@ def _quality(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray, g_mask: np
                                        output_shape=shape, order=1, mode="constant", cval=1.0)
         valid &= bad == 0
     if np.count_nonzero(valid) < 16:
-        return math.nan, math.nan, math.nan
+        return math.nan, math.nan, math.nan, DETAIL_BANDS[0][2]
     a, b = warped[valid], target[valid]
     rms = float(np.sqrt(np.mean((a.astype(np.float64) - b) ** 2)))
     ncc = _ncc(a, b)
-    # Band-pass both, with the invalid part filled flat, and keep only pixels whose filter
-    # window lies wholly inside the overlap.
-    filled = np.where(valid, warped, np.float32(a.mean()))
-    inner = ndimage.minimum_filter(valid, size=2 * int(3 * DETAIL_SIGMA) + 1, mode="constant")
-    if np.count_nonzero(inner) < 16:
-        return ncc, rms, math.nan
-    detail = _ncc(_band_pass(filled)[inner], _band_pass(target)[inner])
-    return ncc, rms, detail
+    return (ncc, rms) + _detail(warped, np.ascontiguousarray(target), valid)
