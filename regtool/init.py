@@ -172,22 +172,42 @@ def turned(source: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) -> np
                                     output=np.float32, order=1, mode="constant", cval=np.nan)
 
 
+def _candidate(target: np.ndarray, source: np.ndarray, target_valid: np.ndarray | None,
+               source_valid: np.ndarray | None, theta: float) -> Candidate:
+    """Turn the source by ``theta`` onto the target's grid and phase-correlate for the shift."""
+    rot = rotation_about(theta, target.shape, source.shape)
+    moved = turned(source, rot, target.shape)
+    moved_valid = np.isfinite(moved)
+    if source_valid is not None:
+        moved_valid &= turned(source_valid.astype(np.float32), rot, target.shape) > 0.999
+    moved = np.where(moved_valid, moved, 0.0).astype(np.float32)
+    sx, sy, peak = phase_correlation(target, moved, target_valid, moved_valid)
+    shift = np.array([[1.0, 0.0, sx], [0.0, 1.0, sy], [0.0, 0.0, 1.0]])
+    return Candidate(rot @ shift, math.atan2(math.sin(theta), math.cos(theta)), peak)
+
+
+# A phase-correlation peak this high means the turned source lines up with the target; below
+# it the spectral angle is not trusted and every angle is tried, SWEEP_STEP apart (the
+# descent at the search level captures half a step and more).
+PEAK_SURE = 0.25
+SWEEP_STEP = math.radians(8.0)
+
+
 def candidates(target: np.ndarray, source: np.ndarray, target_valid: np.ndarray | None,
                source_valid: np.ndarray | None, count: int = 2) -> list[Candidate]:
-    """Starting transforms (search-level pixels) from spectra and phase correlation."""
+    """Starting transforms (search-level pixels) from spectra and phase correlation.
+
+    The magnitude spectra give the angle directly when the images share enough of their
+    content; when the best candidate's phase correlation is weak (little overlap, noise,
+    smooth images), a sweep over the whole circle backs it up.
+    """
     out: list[Candidate] = []
     for theta0, _ in rotation_candidates(target, source, target_valid, source_valid, count):
         for theta in (theta0, theta0 + math.pi):
-            rot = rotation_about(theta, target.shape, source.shape)
-            moved = turned(source, rot, target.shape)
-            moved_valid = np.isfinite(moved)
-            if source_valid is not None:
-                moved_valid &= turned(source_valid.astype(np.float32), rot, target.shape) > 0.999
-            moved = np.where(moved_valid, moved, 0.0).astype(np.float32)
-            sx, sy, peak = phase_correlation(target, moved, target_valid, moved_valid)
-            shift = np.array([[1.0, 0.0, sx], [0.0, 1.0, sy], [0.0, 0.0, 1.0]])
-            out.append(Candidate(rot @ shift, math.atan2(math.sin(theta), math.cos(theta)),
-                                 peak))
+            out.append(_candidate(target, source, target_valid, source_valid, theta))
+    if not out or max(c.peak for c in out) < PEAK_SURE:
+        for theta in np.arange(-math.pi, math.pi, SWEEP_STEP):
+            out.append(_candidate(target, source, target_valid, source_valid, float(theta)))
     out.sort(key=lambda c: -c.peak)
     return out
 
