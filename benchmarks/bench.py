@@ -71,6 +71,9 @@ CLASSIC_TIERS = ("small", "medium", "gain")
 GD_TIERS = CLASSIC_TIERS
 #: The NCC metric runs where the source's intensities are changed.
 NCC_TIERS = ("gain", "hard")
+#: ``scaled`` (slower than the default, same start) runs on the classic tiers only, to keep the
+#: whole run near 12 minutes.
+SCALED_TIERS = CLASSIC_TIERS
 #: Cases per size of the newer tiers when --cases is not given (the classic ones: 8 everywhere).
 NEW_TIER_CASES = {"251x301": 8, "512": 8, "1024": 4}
 #: Target of issue 3: regtool's default with init="auto" at most this times init="none" in
@@ -491,6 +494,19 @@ def init_cost_summary(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
 # --------------------------------------------------------------------------- environment
 
 
+def source_state() -> str:
+    """The commit of the work tree and whether regtool/ differs from it (regtool is installed
+    editable, so this is the engine the bench measures)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "regtool"], cwd=ROOT,
+                               text=True, capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git work tree)"
+    return head + (" with uncommitted changes in regtool/" if dirty else "")
+
+
 def machine_info() -> list[str]:
     """Date, CPU, core count and package versions."""
     cpu = platform.processor() or "unknown"
@@ -562,6 +578,8 @@ def runs_method(name: str, tier: str, index: int, gd_cases: int) -> bool:
         return tier in NCC_TIERS
     if name == "gd":
         return tier in GD_TIERS and index < gd_cases
+    if name == "scaled":
+        return tier in SCALED_TIERS
     return True
 
 
@@ -583,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     if note:
         print("note:", note)
     init_note = ""
+    state_start = source_state()
+    print("regtool source:", state_start)
     if any(n in REGTOOL_ALL for n in methods):
         default_init, none_value = regtool_init_modes()
         init_note = (f"regtool's default init = {default_init} (used by every regtool row but "
@@ -633,8 +653,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.csv is not None:
         write_csv(args.csv, all_runs)
         print(f"wrote {args.csv}")
+    state_end = source_state()
+    state_note = f"regtool source: commit {state_start}"
+    if state_end != state_start:
+        state_note += (f" at the start, {state_end} at the end: THE ENGINE CHANGED DURING THE "
+                       "RUN, so rows mix versions")
+        print("warning:", state_note)
     if str(args.out) != "-":
-        notes = [n for n in (note, init_note) if n]
+        notes = [n for n in (state_note, note, init_note) if n]
         write_report(args, sections, summaries, checks, cli, elapsed, all_runs, threads,
                      photo_note, upsampled, notes)
         print(f"wrote {args.out}")
@@ -727,7 +753,7 @@ def write_report(args: argparse.Namespace, sections: list[str],
     for r in runs:
         if r.failure:
             # Group messages that differ only in numbers.
-            key = re.sub(r"-?\d+(\.\d+)?", "#", r.failure[:120])
+            key = re.sub(r"-?\d+(\.\d+)?", "#", r.failure)[:150]
             failures.setdefault(r.method, {}).setdefault(key, []).append(r)
     cmd = " ".join(["benchmarks/bench.py"] + (sys.argv[1:] if sys.argv[1:] else []))
     counts = ("--cases " + str(args.cases) if args.cases is not None else
@@ -752,6 +778,7 @@ def write_report(args: argparse.Namespace, sections: list[str],
         f"- cases: {counts} (seed {args.seed}); plain gd on the first {args.gd_cases} of each "
         f"of the tiers {', '.join(GD_TIERS)}"
         + (f", max_iter={args.gd_max_iter}" if args.gd_max_iter else "")
+        + f"; scaled on the tiers {', '.join(SCALED_TIERS)}"
         + f"; gauss-newton+ncc on the tiers {', '.join(NCC_TIERS)}",
         f"- success: mean endpoint error < {SUCCESS_PX} px; a failure (exception) counts as "
         "an infinite error; time is the median per call including failed calls",
