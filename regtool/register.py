@@ -426,12 +426,19 @@ def align(
     tx, ty, theta = rigid_params(m)
     m = rigid_matrix(tx, ty, theta)  # re-orthonormalize what round-off left
     overlap = L.overlap_fraction(m, f.shape, g.shape)
-    ncc, rms, detail, needed = _quality(f, f_mask, g, g_mask, m)
-    if converged and not detail >= needed:
+    ncc, rms, gain, offset, detail, needed = _quality(f, f_mask, g, g_mask, m)
+    if converged and not (detail >= needed and ncc >= NCC_FLOOR):
         converged = False
         reason = (f"the images do not match: their detail correlates at {detail:.2f} over the "
                   f"overlap after alignment (a match has at least {needed}; plain NCC "
                   f"{ncc:.2f})")
+    elif converged and metric == "ssd" and not (
+            abs(math.log(gain)) <= math.log(MAX_SSD_GAIN) and abs(offset) <= MAX_SSD_OFFSET):
+        # ssd compares raw intensities: under a gain or offset its minimum moves, by a few
+        # pixels or, on smooth images, by tens. Say so rather than hand back a biased answer.
+        converged = False
+        reason = (f"the images' intensities differ (gain {gain:.2f}, offset {offset:+.2f} "
+                  f"standard deviations): the ssd metric is biased by that; use the ncc metric")
     center0 = image_center(f.shape)
     sx, sy, _ = center_params(m, center0)
     return Result(
@@ -456,6 +463,12 @@ def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
 # decides unless noise swamps it (its expected NCC for a perfect match under 0.5); then the
 # coarse one does, with a higher bar since unrelated shading agrees more at coarse scales.
 DETAIL_BANDS = ((1.0, 3.0, 0.35), (3.0, 9.0, 0.55))
+# Whatever the detail says, aligned views of one scene correlate at least this much overall.
+NCC_FLOOR = 0.2
+# ssd's answer is trusted only while the intensities agree: spreads within 10% and means within
+# a tenth of the target's spread.
+MAX_SSD_GAIN = 1.1
+MAX_SSD_OFFSET = 0.1
 _SECOND_DIFF = np.array([1.0, -2.0, 1.0], dtype=np.float32)
 
 
@@ -501,7 +514,10 @@ def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray) -> tuple[
                 blurred[sg] = (_gaussian(filled, sg), _gaussian(target, sg))
         # only pixels whose filter window lies wholly inside the overlap
         inner = ndimage.minimum_filter(valid, size=2 * int(3 * coarse) + 1, mode="constant")
-        if np.count_nonzero(inner) < 64:
+        # a band needs room: a sliver of overlap correlates by chance, and a coarser band (a
+        # wider window) may not replace a finer one on less than a quarter of the overlap
+        room = 64 if fine == DETAIL_BANDS[0][0] else max(256, np.count_nonzero(valid) // 4)
+        if np.count_nonzero(inner) < room:
             break
         bw = (blurred[fine][0] - blurred[coarse][0])[inner]
         bt = (blurred[fine][1] - blurred[coarse][1])[inner]
@@ -527,8 +543,9 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _quality(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray, g_mask: np.ndarray | None,
-             m: np.ndarray) -> tuple[float, float, float, float]:
-    """NCC, RMS difference, band-pass NCC and the band-pass NCC a match needs, over the overlap.
+             m: np.ndarray) -> tuple[float, float, float, float, float, float]:
+    """Over the overlap: NCC, RMS difference, intensity gain and offset (target vs source),
+    band-pass NCC and the band-pass NCC a match needs.
 
     Sampled on a regular grid of the target (every other pixel, coarser on images over 512
     pixels) with bilinear interpolation: plenty for a statistic, and a small part of the call.
@@ -552,8 +569,15 @@ def _quality(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray, g_mask: np
                                        output_shape=shape, order=1, mode="constant", cval=1.0)
         valid &= bad == 0
     if np.count_nonzero(valid) < 16:
-        return math.nan, math.nan, math.nan, DETAIL_BANDS[0][2]
+        return math.nan, math.nan, math.nan, math.nan, math.nan, DETAIL_BANDS[0][2]
     a, b = warped[valid], target[valid]
-    rms = float(np.sqrt(np.mean((a.astype(np.float64) - b) ** 2)))
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    rms = float(np.sqrt(np.mean((a64 - b64) ** 2)))
     ncc = _ncc(a, b)
-    return (ncc, rms) + _detail(warped, np.ascontiguousarray(target), valid)
+    # how the target's intensities relate to the aligned source's: gain as the ratio of the
+    # spreads (noise on both sides cancels), offset as the difference of the means in units of
+    # the target's spread
+    sa, sb = float(a64.std()), float(b64.std())
+    gain = sb / sa if sa > 0 else math.nan
+    shift = (float(b64.mean()) - float(a64.mean())) / sb if sb > 0 else math.nan
+    return (ncc, rms, gain, shift) + _detail(warped, np.ascontiguousarray(target), valid)
