@@ -503,11 +503,12 @@ def init_cost_summary(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
 
 
 def source_state() -> str:
-    """The commit of the work tree and whether regtool/ differs from it (regtool is installed
-    editable, so this is the engine the bench measures)."""
+    """The last commit that changed regtool/ and whether regtool/ differs from it (regtool is
+    installed editable, so this is the engine the bench measures; commits that touch only
+    tests or documentation do not count)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
+        head = subprocess.run(["git", "log", "-1", "--format=%h", "--", "regtool"], cwd=ROOT,
+                              text=True, capture_output=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "regtool"], cwd=ROOT,
                                text=True, capture_output=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
