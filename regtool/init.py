@@ -44,6 +44,7 @@ class Candidate:
     matrix: np.ndarray
     theta: float
     peak: float
+    spectral: bool = False  # the angle came from the magnitude spectra (not the sweep)
 
 
 @lru_cache(maxsize=16)
@@ -204,7 +205,9 @@ def candidates(target: np.ndarray, source: np.ndarray, target_valid: np.ndarray 
     out: list[Candidate] = []
     for theta0, _ in rotation_candidates(target, source, target_valid, source_valid, count):
         for theta in (theta0, theta0 + math.pi):
-            out.append(_candidate(target, source, target_valid, source_valid, theta))
+            cand = _candidate(target, source, target_valid, source_valid, theta)
+            cand.spectral = True
+            out.append(cand)
     if not out or max(c.peak for c in out) < PEAK_SURE:
         for theta in np.arange(-math.pi, math.pi, SWEEP_STEP):
             out.append(_candidate(target, source, target_valid, source_valid, float(theta)))
@@ -236,7 +239,10 @@ def search(level: L.LevelImages, target: np.ndarray, source: np.ndarray,
         return best.matrix, info
     # A close call: refine the strongest few and the plain start, keep the best correlation.
     center = ((target.shape[1] - 1) / 2.0, (target.shape[0] - 1) / 2.0)
-    pool = [c.matrix for c in found[:3]] + [plain]
+    # the strongest few by phase correlation, the spectral angles whatever their peak (noise
+    # and little overlap weaken phase correlation more than the spectra), and the plain start
+    pool = [c.matrix for c in found[:3]]
+    pool += [c.matrix for c in found[3:] if c.spectral] + [plain]
     scored = []
     for start in pool:
         out = gauss_newton(level, start, center, "ncc", 0.05, 15, min_overlap)
