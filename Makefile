@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench bench-scaling install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench.py
+
+# Time and peak memory from 256^2 to 8192^2 (benchmarks/SCALING.md, RESULTS.md's Scaling section).
+bench-scaling: $(VENV)/.installed-bench
+	$(PY) benchmarks/scaling.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

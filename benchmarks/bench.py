@@ -571,6 +571,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--csv", type=Path, default=None,
                    help="also write one row per (case, method) to this CSV file")
     p.add_argument("--no-cli", action="store_true", help="skip the CLI wall-time measurement")
+    p.add_argument("--no-scaling", action="store_true",
+                   help="skip scaling.py (time and memory from 256^2 to 8192^2, several "
+                        "minutes), which otherwise runs after the report is written and adds "
+                        "its Scaling section; it never runs with --out -")
     return p.parse_args(argv)
 
 
@@ -673,6 +677,15 @@ def main(argv: list[str] | None = None) -> int:
         write_report(args, sections, summaries, checks, cli, elapsed, all_runs, threads,
                      photo_note, upsampled, notes)
         print(f"wrote {args.out}")
+    # ---- scaling.py: its own processes and pairs; adds "## Scaling" to the report just written
+    if str(args.out) != "-" and not args.no_scaling:
+        try:
+            import scaling
+
+            scaling.main(["--threads", str(args.threads), "--results", str(args.out)])
+        except Exception as exc:  # the accuracy report is already written: keep it
+            print(f"warning: scaling.py failed ({type(exc).__name__}: {exc}); "
+                  "run `make bench-scaling` for the Scaling section")
     return 0
 
 
