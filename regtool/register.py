@@ -495,9 +495,15 @@ def _band_noise_gain(fine: float, coarse: float) -> float:
     return float(np.sum(kernel.astype(np.float64) ** 2))
 
 
-def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
-    """Band-pass NCC of the two grids over the overlap in the finest band noise allows, and the
-    value a match needs in that band.
+def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray
+            ) -> tuple[float, float, float, float]:
+    """Band-pass NCC of the two grids over the overlap in the finest band noise allows, the
+    value a match needs in that band, and the intensity gain and offset of target vs source.
+
+    Gain (ratio of spreads) and offset (difference of means, in target spreads) are read off
+    the images blurred by the first band's coarse Gaussian: raw spreads include the noise, and
+    the source's is lowered by interpolation, which on a noisy low-contrast pair alone can
+    look like a 15% gain.
 
     A band that shows a match settles it. A band that does not settles it only if it is clean
     enough to have shown one (expected NCC of a perfect match, given each image's noise, of 0.5
@@ -508,6 +514,7 @@ def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray) -> tuple[
     blurred: dict[float, tuple[np.ndarray, np.ndarray]] = {}
     noise: tuple[float, float] | None = None
     result = (math.nan, DETAIL_BANDS[0][2])
+    gain = offset = math.nan
     for fine, coarse, bar in DETAIL_BANDS:
         for sg in (fine, coarse):
             if sg not in blurred:
@@ -519,6 +526,12 @@ def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray) -> tuple[
         room = 64 if fine == DETAIL_BANDS[0][0] else max(256, np.count_nonzero(valid) // 4)
         if np.count_nonzero(inner) < room:
             break
+        if math.isnan(gain):
+            sw = blurred[coarse][0][inner].astype(np.float64)
+            st = blurred[coarse][1][inner].astype(np.float64)
+            spread_w, spread_t = float(sw.std()), float(st.std())
+            gain = spread_t / spread_w if spread_w > 0 else math.nan
+            offset = (float(st.mean()) - float(sw.mean())) / spread_t if spread_t > 0 else math.nan
         bw = (blurred[fine][0] - blurred[coarse][0])[inner]
         bt = (blurred[fine][1] - blurred[coarse][1])[inner]
         result = (_ncc(bw, bt), bar)
@@ -532,7 +545,7 @@ def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray) -> tuple[
         expected = math.sqrt(signal / (tw * tt)) if tw > 0 and tt > 0 else 0.0
         if expected >= 0.5:
             break
-    return result
+    return result + (gain, offset)
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -571,13 +584,7 @@ def _quality(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray, g_mask: np
     if np.count_nonzero(valid) < 16:
         return math.nan, math.nan, math.nan, math.nan, math.nan, DETAIL_BANDS[0][2]
     a, b = warped[valid], target[valid]
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    rms = float(np.sqrt(np.mean((a64 - b64) ** 2)))
+    rms = float(np.sqrt(np.mean((a.astype(np.float64) - b) ** 2)))
     ncc = _ncc(a, b)
-    # how the target's intensities relate to the aligned source's: gain as the ratio of the
-    # spreads (noise on both sides cancels), offset as the difference of the means in units of
-    # the target's spread
-    sa, sb = float(a64.std()), float(b64.std())
-    gain = sb / sa if sa > 0 else math.nan
-    shift = (float(b64.mean()) - float(a64.mean())) / sb if sb > 0 else math.nan
-    return (ncc, rms, gain, shift) + _detail(warped, np.ascontiguousarray(target), valid)
+    detail, needed, gain, offset = _detail(warped, np.ascontiguousarray(target), valid)
+    return ncc, rms, gain, offset, detail, needed
