@@ -73,6 +73,9 @@ SHIFT_FRAC = 0.02
 PAIRS_VERSION = 1
 DEFAULT_PAIRS = Path(tempfile.gettempdir()) / f"regtool-scaling-v{PAIRS_VERSION}"
 WARMUP_SIDE = 128
+#: With one thread a call's CPU time is about its wall time (page faults count as CPU); a call
+#: that got much less CPU than wall time was waiting for the CPU (other load on the machine).
+CPU_SHARE_WARN = 0.85
 
 
 # --------------------------------------------------------------------------- pairs
@@ -328,13 +331,15 @@ def run_worker(method: str, target_path: str, source_path: str, truth: list[list
     found: np.ndarray | None = None
     extra: dict[str, Any] = {}
     failure = None
+    cpu = 0.0
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         try:
             found, extra = call(first, source)
         except Exception as exc:  # a peer that fails: keep its time, report the failure
             failure = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
         times.append(time.perf_counter() - t0)
+        cpu += time.process_time() - c0
     peak = peak_bytes()
     error = None
     if found is not None and method != "floor" and failure is None:
@@ -343,7 +348,8 @@ def run_worker(method: str, target_path: str, source_path: str, truth: list[list
         "method": method, "n": int(target.shape[0]), "times": times,
         "median_s": statistics.median(times), "repeats": repeats,
         "baseline_rss": base, "peak_rss": peak, "growth": max(peak - base, 0),
-        "peak_exact": exact, "error": error, "failure": failure, "extra": extra,
+        "peak_exact": exact, "error": error, "cpu_share": cpu / max(sum(times), 1e-9),
+        "failure": failure, "extra": extra,
         "worker_s": time.perf_counter() - t_all,
     }
 
@@ -412,6 +418,8 @@ def run_all(pairs: dict[int, dict[str, Any]], methods: list[str], cap: float, th
                     log(f"{n:>5} {method:<8} {r['skipped']}")
                     continue
             reps = _repeats(predicted)
+            if method == "floor":  # the unit: cheap, so more calls
+                reps = 3 if predicted is not None and predicted > 1.0 else 11
             timeout = WORKER_TIMEOUT_S if predicted is None else min(
                 WORKER_TIMEOUT_S, 60.0 + 4.0 * predicted * reps)
             r = _spawn(method, pairs[n], reps, threads, timeout)
@@ -467,6 +475,8 @@ def tables(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
             notes.append(f"failed: {r['failure']}")
         if r["extra"].get("converged") is False:
             notes.append(f"not converged: {r['extra'].get('reason')}")
+        if r.get("cpu_share", 1.0) < CPU_SHARE_WARN:
+            notes.append(f"CPU {100 * r['cpu_share']:.0f}% of wall time: other load?")
         if not r.get("peak_exact", True):
             notes.append("peak from ru_maxrss (a lower bound)")
         err = "fail" if r["error"] is None else f"{r['error']:.3f}"
@@ -485,9 +495,10 @@ def tables(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
         rows.append([f"{n}x{n}", _ms(r["median_s"]),
                      f"{1e9 * r['median_s'] / (n * n):.1f}",
                      f"{r['growth'] / 2**20:.0f}", f"{r['growth'] / (n * n):.1f}",
-                     str(r["repeats"])])
+                     str(r["repeats"]), f"{100 * r.get('cpu_share', 1.0):.0f}"])
     out.append(("Floor unit: one bilinear resampling of the full image", _md(rows, [
-        "size", "time (ms)", "ns per pixel", "peak growth (MB)", "B/px", "calls"])))
+        "size", "time (ms)", "ns per pixel", "peak growth (MB)", "B/px", "calls",
+        "CPU % of wall"])))
 
     peers = [m for m in METHODS if m not in ("floor", "regtool")
              and any(r["method"] == m for r in results)]
@@ -551,6 +562,13 @@ def engine_state() -> str:
     return head + (" with uncommitted changes in regtool/" if dirty else "")
 
 
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def header_lines(args: argparse.Namespace, pairs: dict[int, dict[str, Any]],
                  elapsed: float) -> list[str]:
     cpu = platform.processor() or "unknown"
@@ -582,6 +600,8 @@ def header_lines(args: argparse.Namespace, pairs: dict[int, dict[str, Any]],
         f"- machine: {platform.system()} {platform.machine()}, nproc {os.cpu_count()}, "
         f"CPU {cpu}" + (f", RAM {mem / 2**20:.0f} GiB" if mem else ""),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
+        f"- load average before / after the run: {args.load_before} / {_load()} "
+        "(2 cores: anything near 1 or more besides this run disturbs the times)",
         f"- threads: {args.threads} everywhere (BLAS/OpenMP, cv2.setNumThreads, SimpleITK)",
         f"- pairs: 8-bit PNG, a mosaic of {TILE} px crops of the sample photographs at their "
         f"own scale, rotation and shift about the center (theta, shift) = {geometry}",
@@ -662,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(out), flush=True)
         return 0
     t_start = time.perf_counter()
+    args.load_before = _load()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
