@@ -268,71 +268,80 @@ def _median_calls(runs: list[dict[str, Any]], name: str, label: str | None = Non
     return statistics.median(sums), growth, count
 
 
-def stage_rows(runs: list[dict[str, Any]], whole: float, interp: float
-               ) -> list[tuple[str, float, float | None]]:
-    """(stage, seconds, peak growth bytes or None) in command-line order."""
-    rows: list[tuple[str, float, float | None]] = []
+def stage_rows(runs: list[dict[str, Any]], whole: float
+               ) -> list[tuple[str, float, float | None, str]]:
+    """(stage, seconds, peak growth bytes or None, note) in command-line order."""
+    rows: list[tuple[str, float, float | None, str]] = []
     first = runs[0]
 
-    def add(title: str, name: str, label: str | None = None) -> float:
-        t, g, n = _median_calls(runs, name, label)
+    def add(title: str, name: str) -> float:
+        t, g, n = _median_calls(runs, name)
         if n:
-            rows.append((title, t, g))
+            rows.append((title, t, g, ""))
         return t
 
-    rows.append(("interpreter start-up and exit (whole process - in-process total)",
-                 whole - statistics.median(r["total_s"] for r in runs), None))
+    def nth(r: dict[str, Any], name: str, i: int) -> dict[str, Any]:
+        return [c for c in r["calls"] if c["name"] == name][i]
+
+    rows.append(("start-up, exit and noise (whole process - in-process total)",
+                 whole - statistics.median(r["total_s"] for r in runs), None, ""))
     rows.append(("imports (regtool.cli, io, register: numpy, scipy, imageio, click)",
                  statistics.median(r["import_s"] for r in runs),
-                 max(r["import_growth"] for r in runs)))
+                 max(r["import_growth"] for r in runs), ""))
     inside = add("read target + source (io.read_image x2)", "read")
     inside += add("output path checks", "output checks")
     t_align, g_align, _ = _median_calls(runs, "align (total)")
     part = add("align: luminance x2", "luminance")
     part += add("align: pyramid build (target, source)", "pyramid build")
     part += add("align: pyramid build (masks)", "pyramid build (masks)")
-    prep = [c for c in first["calls"] if c["name"] == "prepare level"]
-    doc_levels = first["doc"].get("levels") or []
+    levels = first["doc"].get("levels") or []
     init = first["doc"].get("init") or {}
+    n_prep = len([c for c in first["calls"] if c["name"] == "prepare level"])
     if any(c["name"] == "init search" for c in first["calls"]):
         # the search level is prepared first, then searched; the levels follow
-        label = prep[0]["label"] if prep else ""
-        firsts = [next(c for c in r["calls"] if c["name"] == "prepare level") for r in runs]
-        t_prep = statistics.median(c["time_s"] for c in firsts)
-        rows.append((f"align: init, prepare level {label}", t_prep,
-                     max(c["growth"] for c in firsts)))
+        t_prep = statistics.median(nth(r, "prepare level", 0)["time_s"] for r in runs)
         t_search, g_search, _ = _median_calls(runs, "init search")
-        rows.append((f"align: init, global search at {label} "
-                     f"({init.get('candidates', '?')} candidates, "
-                     f"{init.get('refined', 0)} refined)", t_search, g_search))
+        label = nth(first, "prepare level", 0)["label"]
+        rows.append((f"align: init, global search at a coarse level ({label} here), its "
+                     "preparation included", t_prep + t_search,
+                     max(g_search, max(nth(r, "prepare level", 0)["growth"] for r in runs)),
+                     f"{init.get('candidates', '?')} cand."))
         part += t_prep + t_search
-    for i, lev in enumerate(doc_levels):
-        shape = f"{lev['shape'][1]}x{lev['shape'][0]}"
-        tp = statistics.median(
-            [c for c in r["calls"] if c["name"] == "prepare level"][-len(doc_levels) + i]
-            ["time_s"] for r in runs)
-        ts = statistics.median(
-            [c for c in r["calls"] if c["name"] == "solve level"][i]["time_s"] for r in runs)
-        gp = max([c for c in r["calls"] if c["name"] == "prepare level"][-len(doc_levels) + i]
-                 ["growth"] for r in runs)
-        gs = max([c for c in r["calls"] if c["name"] == "solve level"][i]["growth"]
-                 for r in runs)
-        rows.append((f"align: level {lev['level']} ({shape}) prepare", tp, gp))
-        rows.append((f"align: level {lev['level']} ({shape}) solve, {lev['iterations']} "
-                     f"iterations", ts, gs))
+    # levels, coarse to fine: the last len(levels) prepare calls and the solve calls
+    coarse_t, coarse_g, coarse_n = 0.0, 0.0, 0
+    fine_rows: list[tuple[str, float, float | None, str]] = []
+    for i, lev in enumerate(levels):
+        j = n_prep - len(levels) + i
+        tp = statistics.median(nth(r, "prepare level", j)["time_s"] for r in runs)
+        ts = statistics.median(nth(r, "solve level", i)["time_s"] for r in runs)
+        gp = max(nth(r, "prepare level", j)["growth"] for r in runs)
+        gs = max(nth(r, "solve level", i)["growth"] for r in runs)
         part += tp + ts
+        k = lev["level"]
+        if k >= 2:
+            coarse_t, coarse_g, coarse_n = coarse_t + tp + ts, max(coarse_g, gp, gs), coarse_n + 1
+            continue
+        what = "full size" if k == 0 else "half size"
+        fine_rows.append((f"align: level {k} ({what}), prepare (gradients, spline, selection)",
+                          tp, gp, ""))
+        fine_rows.append((f"align: level {k} ({what}), solve", ts, gs,
+                          f"{lev['iterations']} it"))
+    if coarse_n:
+        rows.append(("align: levels 2 and coarser, prepare + solve", coarse_t, coarse_g,
+                     f"{coarse_n} levels"))
+    rows += fine_rows  # levels come coarse to fine: level 1, then level 0
     part += add("align: quality check (_quality)", "quality check")
-    rows.append(("align: rest (checks, transforms, Result)", max(t_align - part, 0.0), None))
+    rows.append(("align: rest (checks, transforms, Result)", max(t_align - part, 0.0), None, ""))
+    rows.append(("= align total (its own time_s)",
+                 statistics.median(r["doc"].get("time_s") or 0.0 for r in runs), g_align, ""))
     inside += t_align
     inside += add("warp of the output (Result.warp, cubic)", "warp output (cubic)")
     inside += add("JSON document (Result.to_dict)", "JSON document")
     inside += add("write aligned image (io.write_image)", "write image")
     inside += add("write parameters (io.write_json)", "write JSON")
     t_cli, _, _ = _median_calls(runs, "cli.main (total)")
-    rows.append(("command line rest (click, summary)", max(t_cli - inside, 0.0), None))
-    rows.append(("**whole process (wall, subprocess)**", whole, None))
-    rows.append(("(align total: its own time_s)",
-                 statistics.median(r["doc"].get("time_s") or 0.0 for r in runs), g_align))
+    rows.append(("command line rest (click, summary)", max(t_cli - inside, 0.0), None, ""))
+    rows.append(("**whole process (wall, subprocess)**", whole, None, ""))
     return rows
 
 
@@ -348,18 +357,22 @@ def profile_size(n: int, meta: dict[str, Any], log: Any = print) -> dict[str, An
     return {"n": n, "whole": times, "status": status, "runs": runs, "cprofile": prof}
 
 
+def _process_peak(run: dict[str, Any]) -> int:
+    """Highest resident set of a stages child (the wrappers reset VmHWM as they go)."""
+    return max([run["peak_rss"]] + [c["peak"] for c in run["calls"]])
+
+
 def markdown(results: list[dict[str, Any]], interp: float, engine: str) -> str:
     sizes = [r["n"] for r in results]
-    per = {r["n"]: stage_rows(r["runs"], statistics.median(r["whole"]), interp)
-           for r in results}
+    per = {r["n"]: stage_rows(r["runs"], statistics.median(r["whole"])) for r in results}
     titles: list[str] = []
     for n in sizes:
-        for title, _, _ in per[n]:
-            if title not in titles:
-                titles.append(title)
+        for row in per[n]:
+            if row[0] not in titles:
+                titles.append(row[0])
     header = ["stage"]
     for n in sizes:
-        header += [f"{n}^2 ms", "%", f"{n}^2 peak +MB"]
+        header += [f"{n}^2 ms", "%", "peak +MB"]
     lines = ["| " + " | ".join(header) + " |",
              "|---|" + "|".join("---:" for _ in header[1:]) + "|"]
     for title in titles:
@@ -370,8 +383,9 @@ def markdown(results: list[dict[str, Any]], interp: float, engine: str) -> str:
             if got is None:
                 row += ["", "", ""]
                 continue
-            t, g = got[1], got[2]
-            row += [f"{1000 * t:.0f}" if t >= 0.0095 else f"{1000 * t:.1f}",
+            _, t, g, note = got
+            ms = f"{1000 * t:.0f}" if abs(t) >= 0.0095 else f"{1000 * t:.1f}"
+            row += [ms + (f" ({note})" if note else ""),
                     f"{100 * t / whole:.0f}" if whole else "",
                     "" if g is None else f"{g / 2**20:.0f}"]
         lines.append("| " + " | ".join(row) + " |")
@@ -380,7 +394,7 @@ def markdown(results: list[dict[str, Any]], interp: float, engine: str) -> str:
            "pairs from scaling.py (8-bit gray PNG).", "", "\n".join(lines), ""]
     for r in results:
         n = r["n"]
-        peak = max(x["peak_rss"] for x in r["runs"])
+        peak = max(_process_peak(x) for x in r["runs"])
         out.append(f"- {n}x{n}: whole process median {1000 * statistics.median(r['whole']):.0f}"
                    f" ms over {len(r['whole'])} runs (min {1000 * min(r['whole']):.0f}), exit "
                    f"{r['status']}; stages: median of {len(r['runs'])} fresh processes; peak "
