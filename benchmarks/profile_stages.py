@@ -45,8 +45,8 @@ from typing import Any  # noqa: E402
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-
-import scaling  # noqa: E402
+# scaling.py (pairs, engine commit) is imported only by the driver: it loads numpy, and a child
+# must import numpy inside its measured "imports" stage, as the command does.
 
 SIZES = (512, 4096)
 #: Fresh-process runs per size: (whole command, timed stages). cProfile runs once.
@@ -55,6 +55,27 @@ RUNS_LARGE = (1, 1)
 
 
 # --------------------------------------------------------------------------- child: stages
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return 1024 * int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    """VmHWM := VmRSS (Linux >= 4.0); as in scaling.reset_peak."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def _rss() -> int:
+    return _status_bytes("VmRSS")
+
+
+def _hwm() -> int:
+    return _status_bytes("VmHWM")
 
 
 class StageTimer:
@@ -70,18 +91,18 @@ class StageTimer:
         self._stack: list[list[int]] = []  # per open stage: [rss at start, peak so far]
 
     def _enter(self) -> tuple[int, float]:
-        hwm = scaling.peak_bytes()
+        hwm = _hwm()
         if self._stack:
             self._stack[-1][1] = max(self._stack[-1][1], hwm)
-        scaling.reset_peak()
-        rss = scaling.rss_bytes()
+        _reset_peak()
+        rss = _rss()
         self._stack.append([rss, rss])
         return rss, time.perf_counter()
 
     def _exit(self, name: str, label: str, rss: int, t0: float) -> None:
         dt = time.perf_counter() - t0
         frame = self._stack.pop()
-        peak = max(frame[1], scaling.peak_bytes())
+        peak = max(frame[1], _hwm())
         if self._stack:
             self._stack[-1][1] = max(self._stack[-1][1], peak)
         self.calls.append({"name": name, "label": label, "time_s": dt, "rss": rss,
@@ -119,8 +140,8 @@ def _shape(a: Any) -> str:
 def child_stages(target: str, source: str, workdir: str) -> dict[str, Any]:
     """Run the command line in this process with stage wrappers; return the records."""
     t_all = time.perf_counter()
-    scaling.reset_peak()
-    rss0 = scaling.rss_bytes()
+    _reset_peak()
+    rss0 = _rss()
     import regtool.cli
     import regtool.init
     import regtool.io
@@ -130,7 +151,7 @@ def child_stages(target: str, source: str, workdir: str) -> dict[str, Any]:
     import regtool.register
     import regtool.resample  # noqa: F401
     t_import = time.perf_counter() - t_all
-    import_peak = scaling.peak_bytes() - rss0
+    import_peak = _hwm() - rss0
 
     st = StageTimer()
     io, reg = regtool.io, regtool.register
@@ -166,7 +187,7 @@ def child_stages(target: str, source: str, workdir: str) -> dict[str, Any]:
     return {"calls": st.calls, "import_s": t_import, "import_growth": import_peak,
             "status": status, "doc": {k: doc.get(k) for k in ("init", "levels", "time_s",
                                                               "converged", "reason")},
-            "total_s": time.perf_counter() - t_all, "peak_rss": scaling.peak_bytes()}
+            "total_s": time.perf_counter() - t_all, "peak_rss": _hwm()}
 
 
 def child_cprofile(target: str, source: str, workdir: str) -> dict[str, Any]:
@@ -421,8 +442,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default=",".join(str(s) for s in SIZES),
                    help="square sides (default %(default)s)")
-    p.add_argument("--pairs", type=Path, default=scaling.DEFAULT_PAIRS,
-                   help="folder of scaling.py's pairs (made if missing; default %(default)s)")
+    p.add_argument("--pairs", type=Path, default=None,
+                   help="folder of scaling.py's pairs (made if missing; default: scaling.py's)")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     p.add_argument("--json", type=Path, default=None, help="also write the raw records here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -434,8 +455,11 @@ def main(argv: list[str] | None = None) -> int:
         fn = child_stages if args.child == "stages" else child_cprofile
         print("RESULT " + json.dumps(fn(args.target, args.source, args.workdir)), flush=True)
         return 0
+    import scaling
+
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    pairs = scaling.ensure_pairs(sizes, args.pairs, log=lambda s: print(s, flush=True))
+    pairs = scaling.ensure_pairs(sizes, args.pairs or scaling.DEFAULT_PAIRS,
+                                 log=lambda s: print(s, flush=True))
     interp = interpreter_start()
     results = [profile_size(n, pairs[n], log=lambda s: print(s, flush=True)) for n in sizes]
     text = markdown(results, interp, scaling.engine_state())
