@@ -335,6 +335,7 @@ def run_worker(method: str, target_path: str, source_path: str, truth: list[list
     extra: dict[str, Any] = {}
     failure = None
     cpu = 0.0
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(repeats):
         c0, t0 = time.process_time(), time.perf_counter()
         try:
@@ -344,6 +345,8 @@ def run_worker(method: str, target_path: str, source_path: str, truth: list[list
         times.append(time.perf_counter() - t0)
         cpu += time.process_time() - c0
     peak = peak_bytes()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    user, system = ru1.ru_utime - ru0.ru_utime, ru1.ru_stime - ru0.ru_stime
     error = None
     if found is not None and method != "floor" and failure is None:
         error = C.endpoint_error(m_true, found, target.shape)
@@ -353,6 +356,9 @@ def run_worker(method: str, target_path: str, source_path: str, truth: list[list
         "baseline_rss": base, "peak_rss": peak, "growth": max(peak - base, 0),
         "peak_exact": exact, "error": error, "cpu_share": cpu / max(sum(times), 1e-9),
         "failure": failure, "extra": extra,
+        # kernel share of the CPU time: mostly page faults on fresh large arrays
+        "sys_share": system / max(user + system, 1e-9),
+        "minor_faults": (ru1.ru_minflt - ru0.ru_minflt) / repeats,
         "worker_s": time.perf_counter() - t_all,
     }
 
@@ -405,6 +411,7 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["median_s"] = statistics.median(medians)
     out["growth"] = max(r["growth"] for r in ok)
     out["cpu_share"] = min(r.get("cpu_share", 1.0) for r in ok)
+    out["sys_share"] = statistics.median(r.get("sys_share", 0.0) for r in ok)
     out["processes"] = len(ok)
     return out
 
@@ -488,7 +495,7 @@ def tables(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
         n, mp = r["n"], r["n"] * r["n"] / 1e6
         label = f"{n}x{n}"
         if "skipped" in r:
-            rows.append([label, r["method"], "-", "-", "-", "-", "-", "-", r["skipped"]])
+            rows.append([label, r["method"], "-", "-", "-", "-", "-", "-", "-", r["skipped"]])
             continue
         t = r["median_s"]
         units = f"{t / floor[n]:.0f}" if n in floor else "-"
@@ -505,10 +512,11 @@ def tables(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
         err = "fail" if r["error"] is None else f"{r['error']:.3f}"
         rows.append([label, r["method"], _ms(t), _ms(t / mp), units,
                      f"{r['growth'] / 2**20:.0f}", f"{r['growth'] / (n * n):.1f}", err,
-                     "; ".join(notes)])
+                     f"{100 * r.get('sys_share', 0.0):.0f}", "; ".join(notes)])
     out.append(("Time, memory and error per size", _md(rows, [
         "size", "method", "median time (ms)", "ms per MP", "floor units",
-        "peak growth (MB)", "B/px", "error (px)", "notes"], left=(0, 1, 8))))
+        "peak growth (MB)", "B/px", "error (px)", "kernel % of CPU", "notes"],
+        left=(0, 1, 9))))
 
     rows = []
     for r in results:
