@@ -518,14 +518,7 @@ def source_state() -> str:
 
 def machine_info() -> list[str]:
     """Date, CPU, core count and package versions."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = P.cpu_model()
     vers = {"python": platform.python_version()}
     for dist in ("regtool", "numpy", "scipy"):
         try:

@@ -39,6 +39,7 @@ __all__ = [
     "ECC_CRITERIA",
     "ECC_GAUSS_FILT_SIZE",
     "ECC_COARSEST",
+    "cpu_model",
 ]
 
 #: Termination criteria of every ECC call: 100 iterations or a correlation increment < 1e-6.
@@ -259,3 +260,17 @@ def direction_check(peers: dict[str, Peer], case_target: np.ndarray, case_source
 def degrees(matrix: np.ndarray) -> float:
     """Rotation of a rigid matrix, in degrees."""
     return math.degrees(math.atan2(matrix[1, 0] - matrix[0, 1], matrix[0, 0] + matrix[1, 1]))
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform's answer where that is missing)."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

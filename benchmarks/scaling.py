@@ -604,14 +604,9 @@ def _load() -> str:
 
 def header_lines(args: argparse.Namespace, pairs: dict[int, dict[str, Any]],
                  elapsed: float) -> list[str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    import peers as P
+
+    cpu = P.cpu_model()
     vers = {"python": platform.python_version()}
     for dist in ("regtool", "numpy", "scipy", "opencv-python-headless", "SimpleITK"):
         try:

@@ -27,8 +27,6 @@ from .resample import ndimage_affine
 __all__ = [
     "LevelImages",
     "prepare_level",
-    "sample",
-    "overlap_mask",
     "overlap_fraction",
     "Residual",
     "residual",
@@ -195,17 +193,6 @@ def prepare_level(
                        np.ones(index.size, dtype=bool), index, coeffs, s_inv, margin)
 
 
-def sample(coeffs: np.ndarray, matrix: np.ndarray, shape: tuple[int, int],
-           out: np.ndarray | None = None) -> np.ndarray:
-    """Sample the spline with coefficients ``coeffs`` at ``matrix @ [x, y, 1]`` over ``shape``."""
-    rc, offset = ndimage_affine(matrix)
-    return ndimage.affine_transform(
-        coeffs, rc, offset=offset, output_shape=shape,
-        output=out if out is not None else np.float32,
-        order=ORDER, mode="mirror", prefilter=False,
-    )
-
-
 def _row_intervals(matrix: np.ndarray, shape: tuple[int, int], lo_x: float, hi_x: float,
                    lo_y: float, hi_y: float) -> tuple[np.ndarray, np.ndarray]:
     """Per target row y, the x-interval where ``matrix @ [x, y, 1]`` lies in the given box.
@@ -243,11 +230,6 @@ def overlap_fraction(matrix: np.ndarray, target_shape: tuple[int, int],
     first = np.maximum(np.ceil(lo - 1e-9), 0)
     last = np.minimum(np.floor(hi + 1e-9), target_shape[1] - 1)
     return float(np.maximum(last - first + 1, 0).sum()) / (target_shape[0] * target_shape[1])
-
-
-def overlap_mask(level: LevelImages, matrix: np.ndarray) -> np.ndarray:
-    """Points of ``level`` that count at ``matrix`` (see :meth:`LevelImages.overlap`)."""
-    return level.overlap(matrix)
 
 
 @dataclass
