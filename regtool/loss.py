@@ -2,15 +2,26 @@
 
 Everything here works at one pyramid level, in that level's pixel coordinates, on float32 arrays.
 
+Image model
+-----------
+Both images are seen through one cubic B-spline kernel with their samples as the coefficients
+(the smoothing, "approximating" spline): the source is sampled at warped points with
+``map_coordinates(order=3, prefilter=False)``, and the target at its own pixel centers, where the
+same spline reduces to the 3-tap filter ``(1, 4, 1) / 6`` along each axis, with exact derivatives
+``(-1/2, 0, 1/2)`` along one axis and ``(1, 4, 1) / 6`` along the other. The spline is C2, so the
+loss surface has no kinks at integer shifts (bilinear's has), and with identical blur on both
+sides a perfect match stays a perfect match. Against interpolating the source (prefilter, then
+sample) it saves the prefilter's full-image passes and an image-sized coefficient array per level;
+its sub-pixel behaviour is the same order (both kernels pass the aliased part of the spectrum at
+about 1% at half the Nyquist frequency).
+
 Metrics
 -------
 ``ssd``
     Mean over the overlap of ``(g(Psi(x)) - f(x))**2``: the mission's loss.
 ``ncc``
-    Zero-mean normalized cross-correlation. Optimized through the equivalent least-squares form
-    ``min_{a,b} mean((a g(Psi(x)) + b - f(x))**2) = var(f) (1 - ncc**2)``, which lets every
-    optimizer treat it like ``ssd`` with a residual whose gain and offset are solved in closed form
-    each iteration; the reported loss is ``1 - ncc``.
+    Zero-mean normalized cross-correlation, optimized through standardized residuals
+    (:class:`Residual`); the reported loss is ``1 - ncc``.
 """
 
 from __future__ import annotations
@@ -21,29 +32,38 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ._filters import correlate_rows
 from .resample import ndimage_affine
 
 __all__ = [
     "LevelImages",
     "prepare_level",
+    "spline_view",
     "overlap_fraction",
     "Residual",
     "residual",
-    "spline_gradient",
     "loss_and_gradient",
 ]
 
-# Interpolation used while estimating: cubic B-spline. Its loss surface has no kinks at integer
-# shifts (bilinear's has), which matters for the last hundredth of a pixel.
+# Cubic B-spline: its loss surface has no kinks at integer shifts (bilinear's has), which matters
+# for the last hundredth of a pixel.
 ORDER = 3
 
-
-# Levels with more usable target pixels than this register on a selection of them: the most
-# textured quarter, never fewer than this many. Flat pixels carry little information about
-# the motion but cost as much to sample as an edge.
+# Levels with more usable target pixels than DENSE_LIMIT register on a selection of them: the
+# most textured SELECT_FRACTION, never fewer than DENSE_LIMIT and never more than MAX_POINTS (the
+# finest level) or MAX_POINTS_COARSE (the levels above it, which only have to land inside the
+# next level's capture range). Flat pixels carry little information about the motion but cost
+# as much to sample as an edge, and a cubic sample costs ~60 ns whatever the image size.
 DENSE_LIMIT = 1 << 14
 SELECT_FRACTION = 0.25
+MAX_POINTS = 1 << 16
+MAX_POINTS_COARSE = 1 << 14
+# Target rows handled per block while preparing a level: a few hundred kilobytes per array, so
+# the filters run in cache and no image-sized temporaries are allocated.
+STRIP_PIXELS = 1 << 17
+# Pixels of the regular subsample that sets the selection threshold.
+PROBE_PIXELS = 1 << 13
+# Central-difference step (source pixels) for the source's derivative in loss_and_gradient.
+FD_STEP = 1e-2
 
 
 @dataclass
@@ -58,15 +78,15 @@ class LevelImages:
     shape : (H, W)
         Target grid at this level.
     target : (n,) float32
-        Target values f at the points.
+        Target spline values f at the points.
     grad_x, grad_y : (n,) float32
-        The target's exact spline derivatives at the points.
+        The target spline's exact derivatives at the points.
     target_valid : (n,) bool
         Points that may count: inside the border margin and not masked.
     index : (n,) int or None
         Raster indices of the points in the grid (None when dense).
     source_coeffs : (h, w) float32
-        Cubic B-spline coefficients of the source g (prefiltered once per level).
+        The source level's samples, which are its cubic B-spline coefficients.
     source_invalid : (h, w) bool or None
         Source pixels whose neighbourhood holds masked values (None: none masked).
     margin : float
@@ -94,34 +114,46 @@ class LevelImages:
 
     def coords(self) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) of the points, float64."""
-        if self.index is None:
-            ys, xs = np.indices(self.shape, dtype=np.float64)
-            return xs.ravel(), ys.ravel()
         if self._coords is None:
-            ys, xs = np.divmod(self.index, self.shape[1])
-            self._coords = (xs.astype(np.float64), ys.astype(np.float64))
+            if self.index is None:
+                ys, xs = np.indices(self.shape, dtype=np.float64)
+                self._coords = (xs.ravel(), ys.ravel())
+            else:
+                ys, xs = np.divmod(self.index, self.shape[1])
+                self._coords = (xs.astype(np.float64), ys.astype(np.float64))
         return self._coords
 
-    def sample(self, coeffs: np.ndarray, matrix: np.ndarray, order: int = ORDER,
-               mode: str = "mirror", cval: float = 0.0) -> np.ndarray:
-        """Values of the spline ``coeffs`` at ``matrix @ [x, y, 1]`` for every point."""
-        if self.index is None:
-            rc, offset = ndimage_affine(matrix)
-            return ndimage.affine_transform(
-                coeffs, rc, offset=offset, output_shape=self.shape, output=np.float32,
-                order=order, mode=mode, cval=cval, prefilter=False,
-            ).ravel()
-        return ndimage.map_coordinates(coeffs, self._source_coords(matrix), output=np.float32,
-                                       order=order, mode=mode, cval=cval, prefilter=False)
-
-    def _source_coords(self, matrix: np.ndarray) -> np.ndarray:
+    def source_coords(self, matrix: np.ndarray) -> np.ndarray:
+        """(2, n) source (row, col) of every point under ``matrix``; pass it on to reuse it."""
         xs, ys = self.coords()
         out = np.empty((2, xs.size))
-        out[0] = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]  # row = y'
-        out[1] = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]  # col = x'
+        out[0] = matrix[1, 0] * xs
+        out[0] += matrix[1, 1] * ys
+        out[0] += matrix[1, 2]  # row = y'
+        out[1] = matrix[0, 0] * xs
+        out[1] += matrix[0, 1] * ys
+        out[1] += matrix[0, 2]  # col = x'
         return out
 
-    def overlap(self, matrix: np.ndarray) -> np.ndarray:
+    def sample(self, coeffs: np.ndarray, matrix: np.ndarray, order: int = ORDER,
+               mode: str = "mirror", cval: float = 0.0, rc: np.ndarray | None = None,
+               output: type = np.float32) -> np.ndarray:
+        """Values of the spline ``coeffs`` at ``matrix @ [x, y, 1]`` for every point.
+
+        ``rc`` is :meth:`source_coords` of ``matrix`` when the caller has it already.
+        """
+        if self.index is None and rc is None:
+            m_rc, offset = ndimage_affine(matrix)
+            return ndimage.affine_transform(
+                coeffs, m_rc, offset=offset, output_shape=self.shape, output=output,
+                order=order, mode=mode, cval=cval, prefilter=False,
+            ).ravel()
+        if rc is None:
+            rc = self.source_coords(matrix)
+        return ndimage.map_coordinates(coeffs, rc, output=output, order=order, mode=mode,
+                                       cval=cval, prefilter=False)
+
+    def overlap(self, matrix: np.ndarray, rc: np.ndarray | None = None) -> np.ndarray:
         """Points that count at ``matrix``: valid in the target and mapping inside the source.
 
         A sample must land at least ``margin`` inside the source's outer pixel centers, so border
@@ -136,15 +168,115 @@ class LevelImages:
             inside = ((xs[None, :] >= lo[:, None] - eps) & (xs[None, :] <= hi[:, None] + eps))
             inside = inside.ravel()
         else:
-            rc = self._source_coords(matrix)
-            inside = ((rc[0] >= m - eps) & (rc[0] <= sh - 1 - m + eps)
-                      & (rc[1] >= m - eps) & (rc[1] <= sw - 1 - m + eps))
+            if rc is None:
+                rc = self.source_coords(matrix)
+            inside = (rc[0] >= m - eps) & (rc[0] <= sh - 1 - m + eps)
+            inside &= rc[1] >= m - eps
+            inside &= rc[1] <= sw - 1 - m + eps
         inside &= self.target_valid
         if self.source_invalid is not None:
             bad = self.sample(self.source_invalid.astype(np.float32), matrix, order=1,
-                              mode="constant", cval=1.0)
+                              mode="constant", cval=1.0, rc=rc)
             inside &= bad == 0
         return inside
+
+
+def spline_view(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Target spline at the pixel centers of the rows inside a block with one halo row each side.
+
+    For ``block`` of ``(m + 2, w)`` rows (the first and last only as neighbours) returns, for
+    the ``m`` inner rows, ``(value, grad_x, grad_y, smoothed_rows)``: the spline's value and exact
+    derivatives, and the rows filtered along y by ``(1, 4, 1) / 6`` (from which the value is
+    one more filter along x). Columns mirror at the edges (``c[-1] = c[1]``), as scipy's
+    ``mode="mirror"`` does.
+    """
+    up, mid, down = block[:-2], block[1:-1], block[2:]
+    v = np.add(up, down, dtype=np.float32)  # the (1, 4, 1) / 6 filter along y
+    dy = np.subtract(down, up, dtype=np.float32)
+    dy *= np.float32(0.5)
+    v += np.float32(4.0) * mid
+    v *= np.float32(1.0 / 6.0)
+    value = _along_x(v, smooth=True)
+    gx = _along_x(v, smooth=False)
+    gy = _along_x(dy, smooth=True)
+    return value, gx, gy, v
+
+
+def _along_x(a: np.ndarray, smooth: bool) -> np.ndarray:
+    """``(1, 4, 1) / 6`` (smooth) or ``(-1/2, 0, 1/2)`` along the last axis, mirror edges."""
+    out = np.empty_like(a)
+    if a.shape[1] < 3:
+        out[...] = a if smooth else 0.0
+        return out
+    left, right = a[:, :-2], a[:, 2:]
+    inner = out[:, 1:-1]
+    if smooth:
+        np.add(left, right, out=inner)
+        inner += np.float32(4.0) * a[:, 1:-1]
+        inner *= np.float32(1.0 / 6.0)
+        out[:, 0] = (np.float32(4.0) * a[:, 0] + np.float32(2.0) * a[:, 1]) / np.float32(6.0)
+        out[:, -1] = (np.float32(4.0) * a[:, -1] + np.float32(2.0) * a[:, -2]) / np.float32(6.0)
+    else:
+        np.subtract(right, left, out=inner)
+        inner *= np.float32(0.5)
+        out[:, 0] = 0.0  # mirror: the neighbours are equal
+        out[:, -1] = 0.0
+    return out
+
+
+def _rows_with_halo(image: np.ndarray, r0: int, r1: int) -> np.ndarray:
+    """Rows ``r0 - 1 .. r1`` of ``image`` (mirrored past the edges: row -1 is row 1)."""
+    h = image.shape[0]
+    if r0 >= 1 and r1 < h:
+        return image[r0 - 1 : r1 + 1]
+    rows = np.arange(r0 - 1, r1 + 1)
+    if h == 1:
+        rows[:] = 0
+    else:
+        rows = np.abs(rows)
+        rows = np.where(rows > h - 1, 2 * (h - 1) - rows, rows)
+    return image[rows]
+
+
+def _valid_rows(target_valid: np.ndarray | None, h: int, w: int, m: int, r0: int, r1: int
+                ) -> np.ndarray:
+    """Validity of rows r0..r1-1: inside the margin ``m`` and not masked."""
+    tv = np.zeros((r1 - r0, w), dtype=bool)
+    a, b = max(r0, m), min(r1, h - m)
+    if b > a and w > 2 * m:
+        tv[a - r0 : b - r0, m : w - m] = True
+    if target_valid is not None:
+        tv &= target_valid[r0:r1]
+    return tv
+
+
+def _threshold(target: np.ndarray, target_valid: np.ndarray | None, m: int, n_valid: int,
+               keep: int) -> float:
+    """Squared-gradient level above which about ``keep`` of the ``n_valid`` pixels lie.
+
+    Read off a regular subsample of about PROBE_PIXELS pixels (every s-th row and column): an
+    exact order statistic over every pixel costs more than the rest of the selection, and the
+    count only has to be about right.
+    """
+    h, w = target.shape
+    step = max(1, int(math.sqrt(n_valid / PROBE_PIXELS)))
+    rows = np.arange(m, h - m, step)
+    block = np.stack([target[np.maximum(rows - 1, 0)], target[rows],
+                      target[np.minimum(rows + 1, h - 1)]])
+    up, mid, down = block
+    v = (up + np.float32(4.0) * mid + down) * np.float32(1.0 / 6.0)
+    dy = (down - up) * np.float32(0.5)
+    gx = _along_x(v, smooth=False)
+    gy = _along_x(dy, smooth=True)
+    strength = (gx * gx + gy * gy)[:, m : w - m : step]
+    if target_valid is not None:
+        strength = strength[target_valid[rows][:, m : w - m : step]]
+    probe = strength.ravel()
+    if probe.size == 0:
+        return 0.0
+    rank = probe.size - max(1, round(probe.size * keep / n_valid))
+    rank = min(max(rank, 0), probe.size - 1)
+    return float(np.partition(probe, rank)[rank])
 
 
 def prepare_level(
@@ -154,43 +286,67 @@ def prepare_level(
     source_valid: np.ndarray | None,
     margin: float,
     select: bool = True,
+    max_points: int = MAX_POINTS,
 ) -> LevelImages:
-    """Precompute the per-level data: masks shrunk by ``margin``, splines, target gradients.
+    """Precompute the per-level data: the target spline's values and derivatives, the masks.
 
     With ``select`` and more than :data:`DENSE_LIMIT` usable target pixels, keep only the most
-    textured ones (largest gradient magnitude).
+    textured ones (largest gradient magnitude): a quarter of them, between DENSE_LIMIT and
+    ``max_points``. The target is processed in blocks of rows, so apart from the selected points
+    nothing image-sized is allocated; the source is used as it is.
     """
     h, w = target.shape
     m = int(math.ceil(margin))
-    tv = np.zeros((h, w), dtype=bool)
-    # Border pixels of a blurred level were filtered with padded values: leave them out.
-    tv[m : h - m, m : w - m] = True
-    if target_valid is not None:
-        tv &= target_valid
-    gx, gy = image_gradient(target)
-    coeffs = spline_coefficients(source)
     s_inv = None
     if source_valid is not None and not source_valid.all():
         # A cubic spline sample draws on a 4x4 neighbourhood: grow the invalid set by 2.
         s_inv = ndimage.binary_dilation(~source_valid, iterations=2)
-    n_valid = int(np.count_nonzero(tv))
-    keep = max(DENSE_LIMIT, int(SELECT_FRACTION * n_valid))
+    inner = max(h - 2 * m, 0) * max(w - 2 * m, 0)
+    n_valid = inner if target_valid is None else int(np.count_nonzero(
+        target_valid[m : h - m, m : w - m]))
+    keep = min(max(DENSE_LIMIT, int(SELECT_FRACTION * n_valid)), max(max_points, DENSE_LIMIT))
     if not select or n_valid <= keep:
-        return LevelImages((h, w), target.ravel(), gx.ravel(), gy.ravel(), tv.ravel(), None,
-                           coeffs, s_inv, margin)
-    strength = gx * gx
-    strength += gy * gy
-    strength[~tv] = -1.0
-    # The threshold comes from a regular subsample: an exact order statistic over every pixel
-    # costs more than the rest of the selection, and the count only needs to be about right.
-    flat = strength.ravel()
-    probe = flat[:: max(1, flat.size // (4 * keep))]
-    probe = probe[probe >= 0]
-    threshold = np.partition(probe, probe.size - max(1, probe.size * keep // n_valid))[
-        probe.size - max(1, probe.size * keep // n_valid)]
-    index = np.flatnonzero(flat >= threshold)  # raster order keeps the source reads local
-    return LevelImages((h, w), target.ravel()[index], gx.ravel()[index], gy.ravel()[index],
-                       np.ones(index.size, dtype=bool), index, coeffs, s_inv, margin)
+        value, gx, gy, _ = spline_view(_rows_with_halo(target, 0, h))
+        tv = _valid_rows(target_valid, h, w, m, 0, h)
+        return LevelImages((h, w), value.ravel(), gx.ravel(), gy.ravel(), tv.ravel(), None,
+                           source, s_inv, margin)
+    threshold = _threshold(target, target_valid, m, n_valid, keep)
+    rows_per_strip = max(1, STRIP_PIXELS // max(w, 1))
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    for r0 in range(m, h - m, rows_per_strip):
+        r1 = min(r0 + rows_per_strip, h - m)
+        block = _rows_with_halo(target, r0, r1)
+        v = np.add(block[:-2], block[2:], dtype=np.float32)
+        v += np.float32(4.0) * block[1:-1]
+        v *= np.float32(1.0 / 6.0)
+        dy = np.subtract(block[2:], block[:-2], dtype=np.float32)
+        dy *= np.float32(0.5)
+        gx = _along_x(v, smooth=False)
+        gy = _along_x(dy, smooth=True)
+        strength = gx * gx
+        strength += gy * gy
+        chosen = strength >= threshold
+        # (never columns 0 or w-1, whose neighbours the value below reads)
+        chosen &= _valid_rows(target_valid, h, w, max(m, 1), r0, r1)
+        local = np.flatnonzero(chosen)  # raster order keeps the source reads local
+        if local.size == 0:
+            continue
+        vf = v.ravel()
+        # the value needs the x filter only at the chosen pixels (never at columns 0 or w-1)
+        value = (vf[local - 1] + vf[local + 1] + np.float32(4.0) * vf[local]) * np.float32(
+            1.0 / 6.0)
+        parts.append((local + r0 * w, value, gx.ravel()[local], gy.ravel()[local]))
+    if not parts:
+        index = np.zeros(0, dtype=np.intp)
+        vals = gxs = gys = np.zeros(0, dtype=np.float32)
+    else:
+        index, vals, gxs, gys = (np.concatenate(p) for p in zip(*parts, strict=True))
+    if index.size > 2 * keep:
+        # many equal strengths at the threshold (a ramp, a synthetic pattern): thin evenly
+        pick = np.linspace(0, index.size - 1, keep).round().astype(np.intp)
+        index, vals, gxs, gys = index[pick], vals[pick], gxs[pick], gys[pick]
+    return LevelImages((h, w), vals, gxs, gys, np.ones(index.size, dtype=bool), index,
+                       source, s_inv, margin)
 
 
 def _row_intervals(matrix: np.ndarray, shape: tuple[int, int], lo_x: float, hi_x: float,
@@ -303,94 +459,24 @@ def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: 
     return Residual(e, valid, n, obj, 1.0 - ncc, a, e_grad)
 
 
-def spline_gradient(coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact x and y derivatives of a cubic-spline interpolant at the pixel centers.
-
-    In 1-D, for coefficients c, the derivative at integer n is ``(c[n+1] - c[n-1]) / 2`` (the
-    cubic B-spline's slope is -1/2 and +1/2 at the neighbouring knots, 0 at its own), and the
-    value is ``(c[n-1] + 4 c[n] + c[n+1]) / 6``. In 2-D the derivative along x is the first
-    filter along x applied after the second along y, and vice versa.
-    """
-    diff = np.array([-0.5, 0.0, 0.5], dtype=np.float32)  # correlate1d: c[n+1]/2 - c[n-1]/2
-    value = np.array([1 / 6, 4 / 6, 1 / 6], dtype=np.float32)
-    # Mirror boundary, as in the prefilter: c[-1] = c[1], so the edge slope is 0.
-    gx = ndimage.correlate1d(coeffs, diff, axis=1, mode="mirror")
-    gx = ndimage.correlate1d(gx, value, axis=0, mode="mirror")
-    gy = ndimage.correlate1d(coeffs, diff, axis=0, mode="mirror")
-    gy = ndimage.correlate1d(gy, value, axis=1, mode="mirror")
-    return gx, gy
-
-
-def _derivative_taps(radius: int = 6) -> np.ndarray:
-    """Correlation weights of the exact cubic-spline derivative at the pixel centers.
-
-    The exact filter (prefilter, then ``(c[n+1] - c[n-1]) / 2``) is infinite, but its taps
-    shrink by a factor 2 - sqrt(3) ~ 0.27 per pixel: at radius 6 the rest is about 0.01%.
-    """
-    impulse = np.zeros(4 * radius + 1)
-    impulse[2 * radius] = 1.0
-    coeffs = ndimage.spline_filter1d(impulse, order=ORDER, mode="mirror")
-    response = ndimage.correlate1d(coeffs, [-0.5, 0.0, 0.5], mode="mirror")
-    # correlate1d applies weights reversed relative to an impulse response
-    return response[radius : 3 * radius + 1][::-1].astype(np.float32)
-
-
-DERIVATIVE_TAPS = _derivative_taps()
-
-
-def _prefilter_taps(radius: int = 10) -> np.ndarray:
-    """Correlation weights of the cubic B-spline prefilter (symmetric, so no reversal).
-
-    The exact prefilter is recursive and infinite; its taps shrink by 2 - sqrt(3) per pixel,
-    so at radius 10 what is left out is below 1e-5 of the signal.
-    """
-    impulse = np.zeros(4 * radius + 1)
-    impulse[2 * radius] = 1.0
-    coeffs = ndimage.spline_filter1d(impulse, order=ORDER, mode="mirror")
-    return coeffs[radius : 3 * radius + 1].astype(np.float32)
-
-
-PREFILTER_TAPS = _prefilter_taps()
-
-
-def spline_coefficients(image: np.ndarray) -> np.ndarray:
-    """Cubic B-spline coefficients of ``image`` (mirror boundary), float32.
-
-    Equal to ``scipy.ndimage.spline_filter(image, 3, mode="mirror")`` within 1e-5 of the
-    image's range, in half its time: two short FIR passes, the row pass done by slicing.
-    """
-    along_x = ndimage.correlate1d(image, PREFILTER_TAPS, axis=1, mode="mirror",
-                                  output=np.float32)
-    return correlate_rows(along_x, PREFILTER_TAPS, mode="mirror")
-
-
-def image_gradient(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The derivatives of :func:`spline_gradient`, straight from the image's samples.
-
-    Along y, the value filter ``(1, 4, 1) / 6`` undoes the y prefilter exactly, so the x
-    derivative is a 1-D filter along x alone (and vice versa): one short FIR pass per axis.
-    """
-    gx = ndimage.correlate1d(image, DERIVATIVE_TAPS, axis=1, mode="mirror", output=np.float32)
-    gy = correlate_rows(image, DERIVATIVE_TAPS, mode="mirror")
-    return gx, gy
-
-
 def loss_and_gradient(
     level: LevelImages,
     matrix: np.ndarray,
-    grad_coeffs: tuple[np.ndarray, np.ndarray] | None,
+    gradient: bool,
     center: tuple[float, float] | None,
     metric: str,
 ) -> tuple[Residual, np.ndarray | None]:
-    """Objective at ``matrix`` and its gradient with respect to rigid parameters.
+    """Objective at ``matrix`` and, with ``gradient``, its gradient in rigid parameters.
 
     The parameters are ``(sx, sy, theta)`` about ``center`` (``center=(0, 0)`` gives the seed's
     origin-based ``(tx, ty, theta)``), perturbing ``matrix`` as ``about_center(p) @ ...``: the
     derivative is taken at the current matrix with respect to the parameters of the matrix itself,
     ``Psi(x) = R(theta)(x - c) + c + s``.
 
-    ``grad_coeffs`` are the spline coefficients of the source's derivative images (from
-    :func:`spline_gradient`, prefiltered); when None only the objective is computed.
+    The source spline's derivative at the warped points comes from central differences of the
+    spline itself, ``FD_STEP`` source pixels apart: the spline is a piecewise cubic with
+    continuous second derivative, so this is exact to about ``FD_STEP**2``, far below what the
+    gradient-based solvers can use.
 
     Returns
     -------
@@ -398,12 +484,20 @@ def loss_and_gradient(
     gradient : (3,) ndarray or None
         ``d objective / d (sx, sy, theta)``.
     """
-    valid = level.overlap(matrix)
-    res = residual(level.sample(level.source_coeffs, matrix), level.target, valid, metric)
-    if grad_coeffs is None or res.count == 0:
+    rc = level.source_coords(matrix)
+    valid = level.overlap(matrix, rc)
+    res = residual(level.sample(level.source_coeffs, matrix, rc=rc), level.target, valid, metric)
+    if not gradient or res.count == 0:
         return res, None
-    gxw = level.sample(grad_coeffs[0], matrix)
-    gyw = level.sample(grad_coeffs[1], matrix)
+    grads = []
+    for axis in (1, 0):  # d/dx' (columns), then d/dy' (rows)
+        shifted = rc.copy()
+        shifted[axis] += FD_STEP
+        plus = level.sample(level.source_coeffs, matrix, rc=shifted, output=np.float64)
+        shifted[axis] -= 2 * FD_STEP
+        minus = level.sample(level.source_coeffs, matrix, rc=shifted, output=np.float64)
+        grads.append((plus - minus) / (2 * FD_STEP))
+    gxw, gyw = grads
     cx, cy = center if center is not None else (0.0, 0.0)
     theta = math.atan2(matrix[1, 0] - matrix[0, 1], matrix[0, 0] + matrix[1, 1])
     c, s = math.cos(theta), math.sin(theta)

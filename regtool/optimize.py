@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from . import loss as L
 from .transform import about_center, center_params, max_displacement, rigid_matrix, rigid_params
@@ -59,7 +58,7 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
     sd[1] = gy
     sd[2] = gy * (xs - center[0]) - gx * (ys - center[1])
     del xs, ys
-    h_all = L.gram(sd[:, tv])
+    h_all = L.gram(sd if n_target == tv.size else sd[:, tv])
 
     m = matrix.copy()
     # (matrix, hessian, gradient, objective, predicted reduction) of the last accepted point
@@ -70,12 +69,14 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
     it = 0
     while it < max_iter:
         it += 1
-        valid = level.overlap(m)
+        rc = None if level.dense else level.source_coords(m)
+        valid = level.overlap(m, rc)
         overlap = float(np.count_nonzero(valid)) / max(n_target, 1)
         if overlap < min_overlap:
             return LevelOutcome(m, it, best_loss, False, _overlap_fail(overlap, min_overlap),
                                 overlap)
-        res = L.residual(level.sample(level.source_coeffs, m), level.target, valid, metric)
+        res = L.residual(level.sample(level.source_coeffs, m, rc=rc), level.target, valid,
+                         metric)
         if prev is not None:
             rise = res.objective - prev[3]
             if rise > 1e-6 * prev[3] and rise > 0.25 * prev[4]:
@@ -119,13 +120,6 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
                         f"did not converge in {max_iter} iterations", overlap)
 
 
-def _source_gradient_coeffs(level: L.LevelImages) -> tuple[np.ndarray, np.ndarray]:
-    """Spline coefficients of the source's derivative images, for sampling them off-grid."""
-    gx, gy = L.spline_gradient(level.source_coeffs)
-    return (ndimage.spline_filter(gx, order=L.ORDER, mode="mirror", output=np.float32),
-            ndimage.spline_filter(gy, order=L.ORDER, mode="mirror", output=np.float32))
-
-
 def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
               metric: str, tol: float, max_iter: int, min_overlap: float) -> LevelOutcome:
     """Gradient descent on ``(sx, sy, rho * theta)`` about the center, with Armijo backtracking.
@@ -141,7 +135,6 @@ def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, flo
     rho2 = float(np.mean((xs[tv] - center[0]) ** 2 + (ys[tv] - center[1]) ** 2)) or 1.0
     del xs, ys
     precond = np.array([1.0, 1.0, 1.0 / rho2])
-    gcoef = _source_gradient_coeffs(level)
     params = np.array(center_params(matrix, center))
 
     def evaluate(p: np.ndarray, with_grad: bool) -> tuple[L.Residual, np.ndarray | None, float]:
@@ -150,7 +143,7 @@ def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, flo
         frac = float(np.count_nonzero(valid)) / max(n_target, 1)
         if frac < min_overlap:
             return L.Residual(level.target, valid, 0, math.inf, math.inf, 1.0, 0.0), None, frac
-        res, grad = L.loss_and_gradient(level, m, gcoef if with_grad else None, center, metric)
+        res, grad = L.loss_and_gradient(level, m, with_grad, center, metric)
         return res, grad, frac
 
     res, grad, overlap = evaluate(params, True)
@@ -219,7 +212,6 @@ def plain_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
     tv = level.target_valid
     curvature = 2.0 * float(np.mean(level.grad_x[tv] ** 2 + level.grad_y[tv] ** 2)) or 1.0
     rate = 1.0 / curvature
-    gcoef = _source_gradient_coeffs(level)
     params = np.array(rigid_params(matrix))
     origin = (0.0, 0.0)
     loss_value = math.inf
@@ -231,7 +223,7 @@ def plain_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
         if overlap < min_overlap:
             return LevelOutcome(m, it, loss_value, False, _overlap_fail(overlap, min_overlap),
                                 overlap)
-        res, grad = L.loss_and_gradient(level, m, gcoef, origin, metric)
+        res, grad = L.loss_and_gradient(level, m, True, origin, metric)
         if grad is None or not np.all(np.isfinite(grad)):
             return LevelOutcome(m, it, loss_value, False, "gradient descent diverged", overlap)
         loss_value = res.loss

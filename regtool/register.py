@@ -384,10 +384,13 @@ def align(
     pyr_fm = pyramid.build_mask(f_mask, n_build)
     pyr_gm = pyramid.build_mask(g_mask, n_build)
 
+    prepared: dict[int, L.LevelImages] = {}
     if auto:
         t_init = time.perf_counter()
         k = k_search
-        level = L.prepare_level(pyr_f[k], pyr_fm[k], pyr_g[k], pyr_gm[k], MARGIN_COARSE)
+        level = L.prepare_level(pyr_f[k], pyr_fm[k], pyr_g[k], pyr_gm[k], MARGIN_COARSE,
+                                max_points=L.MAX_POINTS if k == 0 else L.MAX_POINTS_COARSE)
+        prepared[k] = level
         start, init_info = global_init.search(level, pyr_f[k], pyr_g[k], pyr_fm[k], pyr_gm[k],
                                               to_level(m, k), min_overlap)
         m = from_level(start, k)
@@ -401,10 +404,15 @@ def align(
     converged = False
     reason: str | None = None
     loss_value = math.inf
-    for index, k in enumerate(range(n_levels - 1, -1, -1)):
+    # After a global search, levels coarser than the one searched have nothing left to find.
+    first = min(n_levels - 1, k_search) if auto else n_levels - 1
+    for index, k in enumerate(range(first, -1, -1)):
         t_level = time.perf_counter()
         margin = MARGIN_FINE if k == 0 else MARGIN_COARSE
-        level = L.prepare_level(pyr_f[k], pyr_fm[k], pyr_g[k], pyr_gm[k], margin)
+        level = prepared.pop(k, None) if margin == MARGIN_COARSE else None
+        if level is None:
+            level = L.prepare_level(pyr_f[k], pyr_fm[k], pyr_g[k], pyr_gm[k], margin,
+                                    max_points=L.MAX_POINTS if k == 0 else L.MAX_POINTS_COARSE)
         center = image_center(pyr_f[k].shape)
         level_tol = tol if k == 0 else max(tol, COARSE_TOL)
         out = solver(level, to_level(m, k), center, metric, level_tol, iters, min_overlap)
@@ -414,7 +422,7 @@ def align(
                           time.perf_counter() - t_level)
         records.append(rec)
         if progress is not None:
-            progress(rec, index, n_levels)
+            progress(rec, index, first + 1)
         converged, reason = out.converged, out.reason
         if reason is not None and not reason.startswith("did not converge"):
             break  # a failure (overlap lost, divergence): finer levels cannot rescue it

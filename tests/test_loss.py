@@ -7,7 +7,6 @@ import pytest
 from scipy import ndimage
 
 from regtool import loss as L
-from regtool.optimize import _source_gradient_coeffs
 from regtool.transform import about_center
 
 CENTER = (34.5, 39.5)  # of the 70 x 80 target
@@ -30,21 +29,20 @@ def _level(gain=1.0, offset=0.0):
 @pytest.mark.parametrize("about", ["center", "origin"])
 def test_analytic_gradient_matches_central_differences(metric, about):
     level = _level(1.3, 0.1) if metric == "ncc" else _level()
-    gcoef = _source_gradient_coeffs(level)
     center = CENTER if about == "center" else (0.0, 0.0)
     # away from the optimum (shift (40, 40), no rotation) so every component is sizeable
     p0 = np.array([41.5, 39.0, 0.02])
     if about == "origin":
         p0[:2] = about_center(*p0, CENTER)[:2, 2]
-    res, grad = L.loss_and_gradient(level, about_center(*p0, center), gcoef, center, metric)
+    res, grad = L.loss_and_gradient(level, about_center(*p0, center), True, center, metric)
     steps = [1e-3, 1e-3, 1e-5]
     numeric = np.empty(3)
     for i in range(3):
         dp = np.zeros(3)
         dp[i] = steps[i]
-        plus = L.loss_and_gradient(level, about_center(*(p0 + dp), center), None, center,
+        plus = L.loss_and_gradient(level, about_center(*(p0 + dp), center), False, center,
                                    metric)[0]
-        minus = L.loss_and_gradient(level, about_center(*(p0 - dp), center), None, center,
+        minus = L.loss_and_gradient(level, about_center(*(p0 - dp), center), False, center,
                                     metric)[0]
         assert plus.count == minus.count == res.count  # the overlap did not change
         numeric[i] = (plus.objective - minus.objective) / (2 * steps[i])
@@ -60,11 +58,10 @@ def test_rotation_gradient_carries_the_lever_arm():
     # Not a bug, the seed's point: about the origin d/dtheta picks up the translation gradient
     # times the lever arm R'(theta) c, which for a corner-based rotation is the image's size.
     level = _level()
-    gcoef = _source_gradient_coeffs(level)
     theta = 0.03
     m0 = about_center(41.0, 39.5, theta, CENTER)
-    _, g_center = L.loss_and_gradient(level, m0, gcoef, CENTER, "ssd")
-    _, g_origin = L.loss_and_gradient(level, m0, gcoef, (0.0, 0.0), "ssd")
+    _, g_center = L.loss_and_gradient(level, m0, True, CENTER, "ssd")
+    _, g_origin = L.loss_and_gradient(level, m0, True, (0.0, 0.0), "ssd")
     assert np.allclose(g_center[:2], g_origin[:2], rtol=1e-6)
     cx, cy = CENTER
     c, s = math.cos(theta), math.sin(theta)
@@ -101,23 +98,51 @@ def test_overlap_fraction_counts_pixel_centers_inside_the_source():
         assert math.isclose(L.overlap_fraction(m, tshape, sshape), inside.mean(), abs_tol=1e-12)
 
 
-def test_fast_image_gradient_matches_exact_spline_derivative():
+def test_target_spline_view_is_the_spline_the_source_is_sampled_with():
+    # value and derivatives at the pixel centers from the 3-tap filters must equal what
+    # map_coordinates(order=3, prefilter=False) gives for the same samples
     rng = np.random.default_rng(11)
     img = ndimage.gaussian_filter(rng.random((70, 90)), 1.0).astype(np.float32)
-    coeffs = ndimage.spline_filter(img, order=3, mode="mirror", output=np.float32)
-    exact = L.spline_gradient(coeffs)
-    fast = L.image_gradient(img)
-    scale = max(np.abs(exact[0]).max(), np.abs(exact[1]).max())
-    for e, f in zip(exact, fast, strict=True):
-        assert np.abs(e - f).max() < 1e-3 * scale
-    # and the exact one is the derivative of what the spline interpolates
+    value, gx, gy, _ = L.spline_view(np.pad(img, ((1, 1), (0, 0)), mode="reflect"))
+    ys, xs = np.mgrid[5:65:7, 4:86:9]
+    pts = np.array([ys.ravel(), xs.ravel()], dtype=float)
+    direct = ndimage.map_coordinates(img, pts, order=3, prefilter=False)
+    assert np.abs(value[ys, xs].ravel() - direct).max() < 1e-6
     h = 1e-3
-    row = ndimage.map_coordinates(coeffs, [[30, 30], [40 - h, 40 + h]], order=3, prefilter=False)
-    assert math.isclose((row[1] - row[0]) / (2 * h), exact[0][30, 40], rel_tol=1e-3)
+    for axis, grad in ((1, gx), (0, gy)):
+        plus, minus = pts.copy(), pts.copy()
+        plus[axis] += h
+        minus[axis] -= h
+        fd = (ndimage.map_coordinates(img, plus, order=3, prefilter=False, output=float)
+              - ndimage.map_coordinates(img, minus, order=3, prefilter=False, output=float)
+              ) / (2 * h)
+        assert np.abs(grad[ys, xs].ravel() - fd).max() < 1e-4 * np.abs(fd).max()
 
 
-@pytest.mark.parametrize("shape", [(301, 251), (40, 33), (12, 9)])
-def test_fir_spline_coefficients_match_scipy(shape):
-    img = np.random.default_rng(4).random(shape).astype(np.float32)
-    exact = ndimage.spline_filter(img, order=3, mode="mirror", output=np.float32)
-    assert np.abs(L.spline_coefficients(img) - exact).max() < 2e-5
+@pytest.mark.parametrize("shape", [(301, 251), (97, 1200)])
+def test_selected_points_carry_the_dense_values(shape, monkeypatch):
+    # the strip-by-strip selection must hand out exactly the dense values at its points, and
+    # pick the most textured ones
+    monkeypatch.setattr(L, "STRIP_PIXELS", 5000)  # many strips, odd boundaries
+    rng = np.random.default_rng(5)
+    img = ndimage.gaussian_filter(rng.random(shape), 2.0).astype(np.float32)
+    dense = L.prepare_level(img, None, img, None, margin=2.0, select=False)
+    sparse = L.prepare_level(img, None, img, None, margin=2.0)
+    assert not sparse.dense and sparse.index.size >= L.DENSE_LIMIT
+    assert np.all(np.diff(sparse.index) > 0)
+    assert np.all(dense.target_valid[sparse.index])
+    for a in ("target", "grad_x", "grad_y"):
+        assert np.allclose(getattr(sparse, a), getattr(dense, a)[sparse.index], atol=1e-6)
+    strength = dense.grad_x ** 2 + dense.grad_y ** 2
+    chosen = np.zeros(strength.size, bool)
+    chosen[sparse.index] = True
+    left = chosen[dense.target_valid] == 0
+    # the weakest chosen point is stronger than most of the points left out
+    assert np.mean(strength[dense.target_valid][left] < strength[sparse.index].min()) > 0.9
+
+
+def test_point_cap_bounds_the_selection():
+    img = ndimage.gaussian_filter(np.random.default_rng(2).random((400, 500)), 1.5)
+    level = L.prepare_level(img.astype(np.float32), None, img.astype(np.float32), None, 1.0,
+                            max_points=20000)
+    assert 15000 <= level.index.size <= 40000

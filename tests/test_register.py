@@ -67,7 +67,11 @@ def test_plain_gd_fails_where_preconditioned_methods_succeed():
 def test_pure_subpixel_shift_has_no_pyramid_bias(shape):
     target, source, m = make_pair(photo(1), shape, (0.3, -0.7), 0.0)
     r = regtool.align(target, source)
-    assert len(r.levels) == pyramid.auto_levels(shape)
+    # after the global search the descent starts at the level searched (coarser ones have
+    # nothing left to find) and runs down to the full image
+    k = min(r.init["level"], pyramid.auto_levels(shape) - 1)
+    assert [rec.level for rec in r.levels] == list(range(k, -1, -1))
+    assert len(regtool.align(target, source, init="none").levels) == pyramid.auto_levels(shape)
     assert r.converged
     assert abs(r.tx - 0.3) < 0.01 and abs(r.ty + 0.7) < 0.01, (r.tx, r.ty)
     assert abs(r.theta) < 1e-4
@@ -123,9 +127,14 @@ def test_nan_pixels_are_left_out():
 def test_progress_reports_every_level_coarse_to_fine():
     target, source, _ = make_pair(photo(1), (256, 256), (3.0, 2.0), 4.0)
     seen = []
-    r = regtool.align(target, source, progress=lambda rec, i, n: seen.append((rec.level, i, n)))
+    r = regtool.align(target, source, init="none",
+                      progress=lambda rec, i, n: seen.append((rec.level, i, n)))
     assert seen == [(3, 0, 4), (2, 1, 4), (1, 2, 4), (0, 3, 4)]
     assert [rec.level for rec in r.levels] == [3, 2, 1, 0]
+    seen.clear()
+    r = regtool.align(target, source, progress=lambda rec, i, n: seen.append((rec.level, i, n)))
+    assert r.init["level"] == 2  # 256 -> 128 -> 64: short side 64 is where the search runs
+    assert seen == [(2, 0, 3), (1, 1, 3), (0, 2, 3)]
 
 
 def test_init_and_levels_options():
