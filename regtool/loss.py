@@ -55,7 +55,7 @@ ORDER = 3
 # as much to sample as an edge, and a cubic sample costs ~60 ns whatever the image size.
 DENSE_LIMIT = 1 << 14
 SELECT_FRACTION = 0.25
-MAX_POINTS = 1 << 16
+MAX_POINTS = 1 << 15
 MAX_POINTS_COARSE = 1 << 14
 # Target rows handled per block while preparing a level: a few hundred kilobytes per array, so
 # the filters run in cache and no image-sized temporaries are allocated.
