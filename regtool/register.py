@@ -211,17 +211,30 @@ def _luminance(image: np.ndarray, which: str, mask: np.ndarray | None = None
         raise InputError(f"image is too small to register ({w}x{h} pixels; "
                          f"at least {MIN_SIDE}x{MIN_SIDE} needed)", which)
     alpha = None
+    scale = np.float32(1.0 / np.iinfo(arr.dtype).max) if kind in "ui" else None
     if arr.ndim == 3:
         if arr.shape[2] == 4:
             alpha = arr[..., 3]
-        rgb = arr[..., :3]
-        lum = (rgb.astype(np.float32) @ LUMA) if kind != "f" or arr.dtype != np.float64 else (
-            rgb @ LUMA.astype(np.float64)).astype(np.float32)
+        if arr.dtype == np.float64:
+            lum = (arr[..., :3] @ LUMA.astype(np.float64)).astype(np.float32)
+        else:
+            # three multiply-adds in float32: a (..., 3) @ (3,) product is slower here
+            lum = np.multiply(arr[..., 0], LUMA[0], dtype=np.float32)
+            lum += np.multiply(arr[..., 1], LUMA[1], dtype=np.float32)
+            lum += np.multiply(arr[..., 2], LUMA[2], dtype=np.float32)
+            if scale is not None:
+                lum *= scale
+    elif scale is not None:
+        # Integers become [0, 1] so uint8 and uint16 inputs compare on one scale.
+        lum = np.multiply(arr, scale, dtype=np.float32)
     else:
         lum = arr.astype(np.float32)
-    if kind in "ui":
-        # Integers become [0, 1] so uint8 and uint16 inputs compare on one scale.
-        lum *= np.float32(1.0 / np.iinfo(arr.dtype).max)
+    if arr.ndim == 2 and kind != "f" and mask is None:
+        # gray integers are finite and nothing is masked: only the constant check is left,
+        # which the raw array answers fastest
+        if not arr.max() > arr.min():
+            raise InputError("image has no texture to register (it is constant)", which)
+        return lum, None
     valid = np.isfinite(lum)
     if alpha is not None:
         valid &= alpha > 0
