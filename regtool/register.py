@@ -50,7 +50,10 @@ COARSE_TOL = 0.01
 # The global search runs at the level whose shorter side is 48 to 95 pixels: enough texture for
 # the spectra and phase correlation, and a few milliseconds of FFTs.
 SEARCH_SIDE = 48
-QUALITY_GRID = 256  # the quality statistics use a grid of at most about this many pixels a side
+# The quality statistics use a grid of at most about this many pixels a side. Against 256, it
+# cut the check from ~6.5 to ~2 ms at 512x512 with the same verdict on every benchmark case;
+# over them unrelated pairs' detail NCC stayed at most 0.15 and related ones' at least 0.87.
+QUALITY_GRID = 128
 
 
 @dataclass
@@ -115,7 +118,7 @@ class Result:
         ``(rows, cols)`` of the inputs.
     ncc : float
         Zero-mean normalized cross-correlation of target and aligned source over the overlap
-        (a regular grid: every other pixel, or about 256 x 256 on larger images; bilinear):
+        (a regular grid: every other pixel, or about 128 x 128 on larger images; bilinear):
         1 is a perfect match up to gain and offset, near 0 unrelated images.
     residual : float
         Root-mean-square intensity difference over the same pixels (integer images in [0, 1]).
@@ -581,12 +584,12 @@ def _quality(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray, g_mask: np
     """Over the overlap: NCC, RMS difference, intensity gain and offset (target vs source),
     band-pass NCC and the band-pass NCC a match needs.
 
-    Sampled on a regular grid of the target (every other pixel, coarser on images over 512
+    Sampled on a regular grid of the target (every other pixel, coarser on images over 256
     pixels) with bilinear interpolation: plenty for a statistic, and a small part of the call.
     The band-pass NCC compares detail only: two unrelated photographs can share smooth shading
     well enough for a plain NCC of 0.5 or more, but not their fine structure.
     """
-    # Every other pixel, or a coarser regular grid of about 256 x 256 on large images: the
+    # Every other pixel, or a coarser regular grid of about 128 x 128 on large images: the
     # statistics need no more, and the check stays a few milliseconds at any size.
     step = max(2, math.ceil(max(f.shape[0], f.shape[1]) / QUALITY_GRID))
     shape = ((f.shape[0] + step - 1) // step, (f.shape[1] + step - 1) // step)
