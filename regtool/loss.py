@@ -38,6 +38,7 @@ __all__ = [
     "LevelImages",
     "prepare_level",
     "spline_view",
+    "spline_at",
     "overlap_fraction",
     "Residual",
     "residual",
@@ -250,9 +251,33 @@ def _valid_rows(target_valid: np.ndarray | None, h: int, w: int, m: int, r0: int
     return tv
 
 
+def _strength(target: np.ndarray, rows: slice | np.ndarray, cols: slice | np.ndarray
+              ) -> np.ndarray:
+    """Squared central differences ``(f[x+1] - f[x-1])**2 + (f[y+1] - f[y-1])**2``.
+
+    The selection's measure of texture: four times the squared gradient, near enough the spline
+    derivative's (whose values are then gathered at the chosen pixels only) and three times
+    cheaper over the whole image.
+    """
+    if isinstance(rows, slice):
+        up = slice(rows.start - 1, rows.stop - 1)
+        down = slice(rows.start + 1, rows.stop + 1)
+        left = slice(cols.start - 1, cols.stop - 1)
+        right = slice(cols.start + 1, cols.stop + 1)
+        dx = np.subtract(target[rows, right], target[rows, left], dtype=np.float32)
+        dy = np.subtract(target[down, cols], target[up, cols], dtype=np.float32)
+    else:  # index arrays: rows (n, 1), cols (1, k)
+        dx = np.subtract(target[rows, cols + 1], target[rows, cols - 1], dtype=np.float32)
+        dy = np.subtract(target[rows + 1, cols], target[rows - 1, cols], dtype=np.float32)
+    np.multiply(dx, dx, out=dx)
+    np.multiply(dy, dy, out=dy)
+    dx += dy
+    return dx
+
+
 def _threshold(target: np.ndarray, target_valid: np.ndarray | None, m: int, n_valid: int,
                keep: int) -> float:
-    """Squared-gradient level above which about ``keep`` of the ``n_valid`` pixels lie.
+    """:func:`_strength` level above which about ``keep`` of the ``n_valid`` pixels lie.
 
     Read off a regular subsample of about PROBE_PIXELS pixels (every s-th row and column): an
     exact order statistic over every pixel costs more than the rest of the selection, and the
@@ -260,23 +285,41 @@ def _threshold(target: np.ndarray, target_valid: np.ndarray | None, m: int, n_va
     """
     h, w = target.shape
     step = max(1, int(math.sqrt(n_valid / PROBE_PIXELS)))
-    rows = np.arange(m, h - m, step)
-    block = np.stack([target[np.maximum(rows - 1, 0)], target[rows],
-                      target[np.minimum(rows + 1, h - 1)]])
-    up, mid, down = block
-    v = (up + np.float32(4.0) * mid + down) * np.float32(1.0 / 6.0)
-    dy = (down - up) * np.float32(0.5)
-    gx = _along_x(v, smooth=False)
-    gy = _along_x(dy, smooth=True)
-    strength = (gx * gx + gy * gy)[:, m : w - m : step]
+    rows = np.arange(m, h - m, step)[:, None]
+    cols = np.arange(m, w - m, step)[None, :]
+    strength = _strength(target, rows, cols)
     if target_valid is not None:
-        strength = strength[target_valid[rows][:, m : w - m : step]]
+        strength = strength[target_valid[rows, cols]]
     probe = strength.ravel()
     if probe.size == 0:
         return 0.0
     rank = probe.size - max(1, round(probe.size * keep / n_valid))
     rank = min(max(rank, 0), probe.size - 1)
     return float(np.partition(probe, rank)[rank])
+
+
+def spline_at(target: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                              np.ndarray]:
+    """The target spline's value and exact derivatives at raster ``index`` (never a border
+    pixel): the 3x3 filters of :func:`spline_view`, evaluated at those pixels only."""
+    flat = target.reshape(-1)
+    w = target.shape[1]
+    sixth = np.float32(1.0 / 6.0)
+    rows_h, rows_d = [], []
+    for offset in (-w, 0, w):
+        left, mid, right = flat[index + (offset - 1)], flat[index + offset], flat[
+            index + (offset + 1)]
+        d = right - left
+        d *= np.float32(0.5)
+        left += right
+        left += np.float32(4.0) * mid
+        left *= sixth
+        rows_h.append(left)
+        rows_d.append(d)
+    value = (rows_h[0] + rows_h[2] + np.float32(4.0) * rows_h[1]) * sixth
+    gx = (rows_d[0] + rows_d[2] + np.float32(4.0) * rows_d[1]) * sixth
+    gy = (rows_h[2] - rows_h[0]) * np.float32(0.5)
+    return value.astype(np.float32, copy=False), gx, gy
 
 
 def prepare_level(
@@ -310,41 +353,25 @@ def prepare_level(
         tv = _valid_rows(target_valid, h, w, m, 0, h)
         return LevelImages((h, w), value.ravel(), gx.ravel(), gy.ravel(), tv.ravel(), None,
                            source, s_inv, margin)
-    threshold = _threshold(target, target_valid, m, n_valid, keep)
+    mm = max(m, 1)  # a chosen pixel's 3x3 neighbourhood lies inside the image
+    threshold = _threshold(target, target_valid, mm, n_valid, keep)
+    cols = slice(mm, w - mm)
+    wi = w - 2 * mm
     rows_per_strip = max(1, STRIP_PIXELS // max(w, 1))
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    for r0 in range(m, h - m, rows_per_strip):
-        r1 = min(r0 + rows_per_strip, h - m)
-        block = _rows_with_halo(target, r0, r1)
-        v = np.add(block[:-2], block[2:], dtype=np.float32)
-        v += np.float32(4.0) * block[1:-1]
-        v *= np.float32(1.0 / 6.0)
-        dy = np.subtract(block[2:], block[:-2], dtype=np.float32)
-        dy *= np.float32(0.5)
-        gx = _along_x(v, smooth=False)
-        gy = _along_x(dy, smooth=True)
-        strength = gx * gx
-        strength += gy * gy
-        chosen = strength >= threshold
-        # (never columns 0 or w-1, whose neighbours the value below reads)
-        chosen &= _valid_rows(target_valid, h, w, max(m, 1), r0, r1)
+    found: list[np.ndarray] = []
+    for r0 in range(mm, h - mm, rows_per_strip):
+        r1 = min(r0 + rows_per_strip, h - mm)
+        chosen = _strength(target, slice(r0, r1), cols) >= threshold
+        if target_valid is not None:
+            chosen &= target_valid[r0:r1, cols]
         local = np.flatnonzero(chosen)  # raster order keeps the source reads local
-        if local.size == 0:
-            continue
-        vf = v.ravel()
-        # the value needs the x filter only at the chosen pixels (never at columns 0 or w-1)
-        value = (vf[local - 1] + vf[local + 1] + np.float32(4.0) * vf[local]) * np.float32(
-            1.0 / 6.0)
-        parts.append((local + r0 * w, value, gx.ravel()[local], gy.ravel()[local]))
-    if not parts:
-        index = np.zeros(0, dtype=np.intp)
-        vals = gxs = gys = np.zeros(0, dtype=np.float32)
-    else:
-        index, vals, gxs, gys = (np.concatenate(p) for p in zip(*parts, strict=True))
+        rr, cc = np.divmod(local, wi)
+        found.append((rr + r0) * w + (cc + mm))
+    index = np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
     if index.size > 2 * keep:
         # many equal strengths at the threshold (a ramp, a synthetic pattern): thin evenly
-        pick = np.linspace(0, index.size - 1, keep).round().astype(np.intp)
-        index, vals, gxs, gys = index[pick], vals[pick], gxs[pick], gys[pick]
+        index = index[np.linspace(0, index.size - 1, keep).round().astype(np.intp)]
+    vals, gxs, gys = spline_at(target, index)
     return LevelImages((h, w), vals, gxs, gys, np.ones(index.size, dtype=bool), index,
                        source, s_inv, margin)
 
