@@ -63,6 +63,7 @@ MAX_POINTS_COARSE = 1 << 14
 STRIP_PIXELS = 1 << 17
 # Pixels of the regular subsample that sets the selection threshold.
 PROBE_PIXELS = 1 << 13
+SELECT_SPACING = 1
 # Central-difference step (source pixels) for the source's derivative in loss_and_gradient.
 FD_STEP = 1e-2
 
@@ -259,16 +260,17 @@ def _strength(target: np.ndarray, rows: slice | np.ndarray, cols: slice | np.nda
     derivative's (whose values are then gathered at the chosen pixels only) and three times
     cheaper over the whole image.
     """
+    d = SELECT_SPACING
     if isinstance(rows, slice):
-        up = slice(rows.start - 1, rows.stop - 1)
-        down = slice(rows.start + 1, rows.stop + 1)
-        left = slice(cols.start - 1, cols.stop - 1)
-        right = slice(cols.start + 1, cols.stop + 1)
+        up = slice(rows.start - d, rows.stop - d)
+        down = slice(rows.start + d, rows.stop + d)
+        left = slice(cols.start - d, cols.stop - d)
+        right = slice(cols.start + d, cols.stop + d)
         dx = np.subtract(target[rows, right], target[rows, left], dtype=np.float32)
         dy = np.subtract(target[down, cols], target[up, cols], dtype=np.float32)
     else:  # index arrays: rows (n, 1), cols (1, k)
-        dx = np.subtract(target[rows, cols + 1], target[rows, cols - 1], dtype=np.float32)
-        dy = np.subtract(target[rows + 1, cols], target[rows - 1, cols], dtype=np.float32)
+        dx = np.subtract(target[rows, cols + d], target[rows, cols - d], dtype=np.float32)
+        dy = np.subtract(target[rows + d, cols], target[rows - d, cols], dtype=np.float32)
     np.multiply(dx, dx, out=dx)
     np.multiply(dy, dy, out=dy)
     dx += dy
@@ -353,7 +355,7 @@ def prepare_level(
         tv = _valid_rows(target_valid, h, w, m, 0, h)
         return LevelImages((h, w), value.ravel(), gx.ravel(), gy.ravel(), tv.ravel(), None,
                            source, s_inv, margin)
-    mm = max(m, 1)  # a chosen pixel's 3x3 neighbourhood lies inside the image
+    mm = max(m, SELECT_SPACING)  # what a chosen pixel's measures read lies inside the image
     threshold = _threshold(target, target_valid, mm, n_valid, keep)
     cols = slice(mm, w - mm)
     wi = w - 2 * mm
