@@ -51,13 +51,15 @@ ORDER = 3
 
 # Levels with more usable target pixels than DENSE_LIMIT register on a selection of them: the
 # most textured SELECT_FRACTION, never fewer than DENSE_LIMIT and never more than MAX_POINTS (the
-# finest level) or MAX_POINTS_COARSE (the levels above it, which only have to land inside the
-# next level's capture range). Flat pixels carry little information about the motion but cost
-# as much to sample as an edge, and a cubic sample costs ~60 ns whatever the image size.
+# finest level), or between MIN_POINTS_COARSE and MAX_POINTS_COARSE (the levels above it, which
+# only have to land inside the next level's capture range). Flat pixels carry little
+# information about the motion but cost as much to sample as an edge, and a cubic sample costs
+# ~60 ns whatever the image size.
 DENSE_LIMIT = 1 << 14
 SELECT_FRACTION = 0.25
 MAX_POINTS = 1 << 15
 MAX_POINTS_COARSE = 1 << 14
+MIN_POINTS_COARSE = 1 << 12
 # Target rows handled per block while preparing a level: a few hundred kilobytes per array, so
 # the filters run in cache and no image-sized temporaries are allocated.
 STRIP_PIXELS = 1 << 17
@@ -332,11 +334,12 @@ def prepare_level(
     margin: float,
     select: bool = True,
     max_points: int = MAX_POINTS,
+    min_points: int = DENSE_LIMIT,
 ) -> LevelImages:
     """Precompute the per-level data: the target spline's values and derivatives, the masks.
 
-    With ``select`` and more than :data:`DENSE_LIMIT` usable target pixels, keep only the most
-    textured ones (largest gradient magnitude): a quarter of them, between DENSE_LIMIT and
+    With ``select`` and more than ``min_points`` usable target pixels, keep only the most
+    textured ones (largest gradient magnitude): a quarter of them, between ``min_points`` and
     ``max_points``. The target is processed in blocks of rows, so apart from the selected points
     nothing image-sized is allocated; the source is used as it is.
     """
@@ -349,7 +352,7 @@ def prepare_level(
     inner = max(h - 2 * m, 0) * max(w - 2 * m, 0)
     n_valid = inner if target_valid is None else int(np.count_nonzero(
         target_valid[m : h - m, m : w - m]))
-    keep = min(max(DENSE_LIMIT, int(SELECT_FRACTION * n_valid)), max(max_points, DENSE_LIMIT))
+    keep = min(max(min_points, int(SELECT_FRACTION * n_valid)), max(max_points, min_points))
     if not select or n_valid <= keep:
         value, gx, gy, _ = spline_view(_rows_with_halo(target, 0, h))
         tv = _valid_rows(target_valid, h, w, m, 0, h)

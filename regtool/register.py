@@ -268,6 +268,17 @@ def _luminance(image: np.ndarray, which: str, mask: np.ndarray | None = None
     return np.ascontiguousarray(lum, dtype=np.float32), mask
 
 
+def _points(k: int) -> dict[str, int]:
+    """How many points level ``k`` registers on (see :func:`regtool.loss.prepare_level`)."""
+    if k == 0:
+        return {"min_points": L.DENSE_LIMIT, "max_points": L.MAX_POINTS}
+    # Level 1 hands level 0 its start, and on noisy images level 0 can do little better than
+    # that start (its loss then moves with the noise more than with hundredths of a pixel):
+    # it keeps the finest level's floor. Coarser levels only need the next one's capture range.
+    floor = L.DENSE_LIMIT if k == 1 else L.MIN_POINTS_COARSE
+    return {"min_points": floor, "max_points": L.MAX_POINTS_COARSE}
+
+
 def _check_options(optimizer: str, metric: str, tol: float, max_iter: int | None,
                    min_overlap: float, init: object) -> None:
     if isinstance(init, str) and init not in ("auto", "none"):
@@ -405,7 +416,7 @@ def align(
         t_init = time.perf_counter()
         k = k_search
         level = L.prepare_level(pyr_f[k], pyr_fm[k], pyr_g[k], pyr_gm[k], MARGIN_COARSE,
-                                max_points=L.MAX_POINTS if k == 0 else L.MAX_POINTS_COARSE)
+                                **_points(k))
         prepared[k] = level
         start, init_info = global_init.search(level, pyr_f[k], pyr_g[k], pyr_fm[k], pyr_gm[k],
                                               to_level(m, k), min_overlap)
@@ -420,15 +431,23 @@ def align(
     converged = False
     reason: str | None = None
     loss_value = math.inf
-    # After a global search, levels coarser than the one searched have nothing left to find.
+    # After a global search, levels coarser than the one searched have nothing left to find,
+    # and down to level 2 the descent can halve the resolution twice per step: a level
+    # converged to a hundredth of its pixels lands well inside the capture range of the level
+    # four times finer. Levels 1 and 0 always run: on noisy images the finest level's loss
+    # moves with the noise about as much as with a few hundredths of a pixel, so it needs a
+    # start that close.
     first = min(n_levels - 1, k_search) if auto else n_levels - 1
-    for index, k in enumerate(range(first, -1, -1)):
+    schedule = sorted({*range(first, 1, -2), *range(min(first, 1), -1, -1)}, reverse=True)
+    if not auto:
+        schedule = list(range(first, -1, -1))
+    for index, k in enumerate(schedule):
         t_level = time.perf_counter()
         margin = MARGIN_FINE if k == 0 else MARGIN_COARSE
         level = prepared.pop(k, None) if margin == MARGIN_COARSE else None
         if level is None:
             level = L.prepare_level(pyr_f[k], pyr_fm[k], pyr_g[k], pyr_gm[k], margin,
-                                    max_points=L.MAX_POINTS if k == 0 else L.MAX_POINTS_COARSE)
+                                    **_points(k))
         center = image_center(pyr_f[k].shape)
         level_tol = tol if k == 0 else max(tol, COARSE_TOL)
         out = solver(level, to_level(m, k), center, metric, level_tol, iters, min_overlap)
@@ -438,7 +457,7 @@ def align(
                           time.perf_counter() - t_level)
         records.append(rec)
         if progress is not None:
-            progress(rec, index, first + 1)
+            progress(rec, index, len(schedule))
         converged, reason = out.converged, out.reason
         if reason is not None and not reason.startswith("did not converge"):
             break  # a failure (overlap lost, divergence): finer levels cannot rescue it

@@ -638,11 +638,11 @@ def test_bad_usage_is_one_line(work, args, words):
 
 
 def test_ctrl_c_while_writing_the_image(work, monkeypatch):
-    def interrupted(path, *args, **kwargs):
-        Path(path).write_bytes(b"partial")
+    def interrupted(path, tmp, *args):
+        Path(tmp).write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io.iio, "imwrite", interrupted)
+    monkeypatch.setattr(io, "_encode", interrupted)
     result = run("align", "target.png", "source.png")
     assert result.exit_code == 130
     assert "interrupted" in result.stderr and "Traceback" not in result.stderr
@@ -660,11 +660,11 @@ def test_ctrl_c_while_writing_the_json_removes_the_image(work, monkeypatch):
 
 
 def test_disk_full_while_writing_is_one_line_exit_2(work, monkeypatch):
-    def full(path, *args, **kwargs):
-        Path(path).write_bytes(b"part")
+    def full(path, tmp, *args):
+        Path(tmp).write_bytes(b"part")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(io.iio, "imwrite", full)
+    monkeypatch.setattr(io, "_encode", full)
     assert_one_line_error(run("align", "target.png", "source.png"), "source_aligned.png",
                           "no space left")
     assert listing(work) == INPUTS

@@ -350,11 +350,11 @@ def test_write_refuses_what_the_format_cannot_hold(tmp_path, name, dtype, channe
 
 
 def test_write_removes_temporary_on_interrupt(tmp_path, monkeypatch):
-    def interrupted(path, *args, **kwargs):
-        Path(path).write_bytes(b"half an image")
+    def interrupted(path, tmp, *args):
+        Path(tmp).write_bytes(b"half an image")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io.iio, "imwrite", interrupted)
+    monkeypatch.setattr(io, "_encode", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_image(tmp_path / "out.png", make_image("uint8", 1))
     assert files_in(tmp_path) == []
@@ -364,11 +364,11 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     old = make_image("uint8", 1)
     write_image(tmp_path / "out.png", old)
 
-    def broken(path, *args, **kwargs):
-        Path(path).write_bytes(b"garbage")
+    def broken(path, tmp, *args):
+        Path(tmp).write_bytes(b"garbage")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(io.iio, "imwrite", broken)
+    monkeypatch.setattr(io, "_encode", broken)
     with pytest.raises(ImageError, match="No space left"):
         write_image(tmp_path / "out.png", make_image("uint8", 1))
     assert files_in(tmp_path) == ["out.png"]
