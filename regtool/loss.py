@@ -60,9 +60,11 @@ SELECT_FRACTION = 0.25
 MAX_POINTS = 1 << 15
 MAX_POINTS_COARSE = 1 << 14
 MIN_POINTS_COARSE = 1 << 12
-# Target rows handled per block while preparing a level: a few hundred kilobytes per array, so
-# the filters run in cache and no image-sized temporaries are allocated.
+# Target pixels handled per block while preparing a level: at most STRIP_PIXELS (a few hundred
+# kilobytes per array, so the filters run in cache and nothing image-sized is allocated) and at
+# most an eighth of the level, down to MIN_STRIP_PIXELS (below that, per-block overhead shows).
 STRIP_PIXELS = 1 << 17
+MIN_STRIP_PIXELS = 1 << 13
 # Pixels of the regular subsample that sets the selection threshold.
 PROBE_PIXELS = 1 << 13
 SELECT_SPACING = 1
@@ -117,26 +119,28 @@ class LevelImages:
         return self.source_coeffs.shape  # type: ignore[return-value]
 
     def coords(self) -> tuple[np.ndarray, np.ndarray]:
-        """(x, y) of the points, float64."""
+        """(x, y) of the points, float32 (integers, so exact up to 2**24)."""
         if self._coords is None:
             if self.index is None:
-                ys, xs = np.indices(self.shape, dtype=np.float64)
+                ys, xs = np.indices(self.shape, dtype=np.float32)
                 self._coords = (xs.ravel(), ys.ravel())
             else:
                 ys, xs = np.divmod(self.index, self.shape[1])
-                self._coords = (xs.astype(np.float64), ys.astype(np.float64))
+                self._coords = (xs.astype(np.float32), ys.astype(np.float32))
         return self._coords
 
     def source_coords(self, matrix: np.ndarray) -> np.ndarray:
-        """(2, n) source (row, col) of every point under ``matrix``; pass it on to reuse it."""
+        """(2, n) source (row, col) of every point under ``matrix``, float64; pass it on to
+        reuse it."""
         xs, ys = self.coords()
         out = np.empty((2, xs.size))
-        out[0] = matrix[1, 0] * xs
-        out[0] += matrix[1, 1] * ys
-        out[0] += matrix[1, 2]  # row = y'
-        out[1] = matrix[0, 0] * xs
-        out[1] += matrix[0, 1] * ys
-        out[1] += matrix[0, 2]  # col = x'
+        tmp = np.empty(xs.size)
+        # products in float64 (dtype=): a float32 product would round positions at 1e-4 px
+        for row, (a, b, c) in enumerate((matrix[1], matrix[0])):  # row = y', col = x'
+            np.multiply(xs, a, out=out[row], dtype=np.float64)
+            np.multiply(ys, b, out=tmp, dtype=np.float64)
+            out[row] += tmp
+            out[row] += c
         return out
 
     def sample(self, coeffs: np.ndarray, matrix: np.ndarray, order: int = ORDER,
@@ -362,7 +366,8 @@ def prepare_level(
     threshold = _threshold(target, target_valid, mm, n_valid, keep)
     cols = slice(mm, w - mm)
     wi = w - 2 * mm
-    rows_per_strip = max(1, STRIP_PIXELS // max(w, 1))
+    strip = min(STRIP_PIXELS, max(MIN_STRIP_PIXELS, h * w // 8))
+    rows_per_strip = max(1, strip // max(w, 1))
     found: list[np.ndarray] = []
     for r0 in range(mm, h - mm, rows_per_strip):
         r1 = min(r0 + rows_per_strip, h - mm)
@@ -372,10 +377,12 @@ def prepare_level(
         local = np.flatnonzero(chosen)  # raster order keeps the source reads local
         rr, cc = np.divmod(local, wi)
         found.append((rr + r0) * w + (cc + mm))
-    index = np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
+    index = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
     if index.size > 2 * keep:
         # many equal strengths at the threshold (a ramp, a synthetic pattern): thin evenly
         index = index[np.linspace(0, index.size - 1, keep).round().astype(np.intp)]
+    if h * w < 2**31:
+        index = index.astype(np.int32)  # half the memory of the per-point index
     vals, gxs, gys = spline_at(target, index)
     return LevelImages((h, w), vals, gxs, gys, np.ones(index.size, dtype=bool), index,
                        source, s_inv, margin)

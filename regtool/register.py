@@ -592,8 +592,9 @@ def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.astype(np.float64) - a.mean()
-    b = b.astype(np.float64) - b.mean()
+    # centred in their own float32 (the sums accumulate in float64): no float64 copies
+    a = a - a.dtype.type(a.mean(dtype=np.float64))
+    b = b - b.dtype.type(b.mean(dtype=np.float64))
     den = math.sqrt(L.dot(a, a) * L.dot(b, b))
     return L.dot(a, b) / den if den > 0 else math.nan
 
@@ -627,7 +628,10 @@ def _quality(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray, g_mask: np
     if np.count_nonzero(valid) < 16:
         return math.nan, math.nan, math.nan, math.nan, math.nan, DETAIL_BANDS[0][2]
     a, b = warped[valid], target[valid]
-    rms = float(np.sqrt(np.mean((a.astype(np.float64) - b) ** 2)))
+    diff = a - b
+    rms = math.sqrt(L.dot(diff, diff) / diff.size)
+    del diff
     ncc = _ncc(a, b)
+    del a, b
     detail, needed, gain, offset = _detail(warped, np.ascontiguousarray(target), valid)
     return ncc, rms, gain, offset, detail, needed
