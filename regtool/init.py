@@ -31,7 +31,7 @@ from .optimize import gauss_newton
 from .resample import ndimage_affine
 
 __all__ = ["Candidate", "candidates", "rotation_candidates", "phase_correlation", "rotation_about",
-           "search"]
+           "search", "target_spectrum"]
 
 # Angular resolution of the polar spectra: 1 degree over the half circle.
 N_ANGLES = 180
@@ -138,14 +138,16 @@ def rotation_about(theta: float, target_shape: tuple[int, int],
 
 def phase_correlation(target: np.ndarray, moved: np.ndarray,
                       target_valid: np.ndarray | None = None,
-                      moved_valid: np.ndarray | None = None) -> tuple[float, float, float]:
+                      moved_valid: np.ndarray | None = None,
+                      target_fft: np.ndarray | None = None) -> tuple[float, float, float]:
     """Shift ``(sx, sy)`` with ``moved(x + s) ~ target(x)``, and the correlation peak's height.
 
     Both images are on one grid (same shape). The peak height (between 0 and 1) says how much
-    of the cross-power spectrum agrees on that one shift.
+    of the cross-power spectrum agrees on that one shift. ``target_fft`` is the target's
+    transform from an earlier call (:func:`target_spectrum`), reused across candidates.
     """
     h, w = target.shape
-    a = np.fft.rfft2(_prepared(target, target_valid))
+    a = target_spectrum(target, target_valid) if target_fft is None else target_fft
     b = np.fft.rfft2(_prepared(moved, moved_valid))
     cross = b * np.conj(a)
     cross /= np.abs(cross) + 1e-12 * float(np.abs(cross).max() or 1.0)
@@ -166,6 +168,11 @@ def phase_correlation(target: np.ndarray, moved: np.ndarray,
     return float(sx), float(sy), peak
 
 
+def target_spectrum(target: np.ndarray, target_valid: np.ndarray | None = None) -> np.ndarray:
+    """The target's transform as :func:`phase_correlation` uses it."""
+    return np.fft.rfft2(_prepared(target, target_valid))
+
+
 def turned(source: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """The source sampled through ``matrix`` on a grid of ``shape`` (bilinear, 0 outside)."""
     rc, offset = ndimage_affine(matrix)
@@ -174,7 +181,8 @@ def turned(source: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) -> np
 
 
 def _candidate(target: np.ndarray, source: np.ndarray, target_valid: np.ndarray | None,
-               source_valid: np.ndarray | None, theta: float) -> Candidate:
+               source_valid: np.ndarray | None, theta: float,
+               target_fft: np.ndarray | None = None) -> Candidate:
     """Turn the source by ``theta`` onto the target's grid and phase-correlate for the shift."""
     rot = rotation_about(theta, target.shape, source.shape)
     moved = turned(source, rot, target.shape)
@@ -182,7 +190,7 @@ def _candidate(target: np.ndarray, source: np.ndarray, target_valid: np.ndarray 
     if source_valid is not None:
         moved_valid &= turned(source_valid.astype(np.float32), rot, target.shape) > 0.999
     moved = np.where(moved_valid, moved, 0.0).astype(np.float32)
-    sx, sy, peak = phase_correlation(target, moved, target_valid, moved_valid)
+    sx, sy, peak = phase_correlation(target, moved, target_valid, moved_valid, target_fft)
     shift = np.array([[1.0, 0.0, sx], [0.0, 1.0, sy], [0.0, 0.0, 1.0]])
     return Candidate(rot @ shift, math.atan2(math.sin(theta), math.cos(theta)), peak)
 
@@ -203,14 +211,16 @@ def candidates(target: np.ndarray, source: np.ndarray, target_valid: np.ndarray 
     smooth images), a sweep over the whole circle backs it up.
     """
     out: list[Candidate] = []
+    spectrum = target_spectrum(target, target_valid)
     for theta0, _ in rotation_candidates(target, source, target_valid, source_valid, count):
         for theta in (theta0, theta0 + math.pi):
-            cand = _candidate(target, source, target_valid, source_valid, theta)
+            cand = _candidate(target, source, target_valid, source_valid, theta, spectrum)
             cand.spectral = True
             out.append(cand)
     if not out or max(c.peak for c in out) < PEAK_SURE:
         for theta in np.arange(-math.pi, math.pi, SWEEP_STEP):
-            out.append(_candidate(target, source, target_valid, source_valid, float(theta)))
+            out.append(_candidate(target, source, target_valid, source_valid, float(theta),
+                                  spectrum))
     out.sort(key=lambda c: -c.peak)
     return out
 

@@ -128,7 +128,8 @@ def test_selected_points_carry_the_dense_values(shape, monkeypatch):
     img = ndimage.gaussian_filter(rng.random(shape), 2.0).astype(np.float32)
     dense = L.prepare_level(img, None, img, None, margin=2.0, select=False)
     sparse = L.prepare_level(img, None, img, None, margin=2.0)
-    assert not sparse.dense and sparse.index.size >= L.DENSE_LIMIT
+    # the count comes from a threshold read off a subsample: about the target, not exactly
+    assert not sparse.dense and 0.8 * L.DENSE_LIMIT <= sparse.index.size <= 1.25 * L.DENSE_LIMIT
     assert np.all(np.diff(sparse.index) > 0)
     assert np.all(dense.target_valid[sparse.index])
     for a in ("target", "grad_x", "grad_y"):
@@ -136,9 +137,11 @@ def test_selected_points_carry_the_dense_values(shape, monkeypatch):
     strength = dense.grad_x ** 2 + dense.grad_y ** 2
     chosen = np.zeros(strength.size, bool)
     chosen[sparse.index] = True
-    left = chosen[dense.target_valid] == 0
-    # the weakest chosen point is stronger than most of the points left out
-    assert np.mean(strength[dense.target_valid][left] < strength[sparse.index].min()) > 0.9
+    left = dense.target_valid & ~chosen
+    # the chosen quarter is the textured one: on average several times stronger than the rest
+    # (selection reads differences two pixels apart, so not exactly the top of this measure)
+    assert strength[chosen].mean() > 3 * strength[left].mean()
+    assert np.median(strength[chosen]) > np.quantile(strength[left], 0.75)
 
 
 def test_point_cap_bounds_the_selection():
