@@ -50,16 +50,14 @@ __all__ = [
 ORDER = 3
 
 # Levels with more usable target pixels than DENSE_LIMIT register on a selection of them: the
-# most textured SELECT_FRACTION, between DENSE_LIMIT and MAX_POINTS (the finest level; equal
-# now: 16384 points, measured as accurate as 32768 on the benchmark's noisy tier), or between
-# MIN_POINTS_COARSE and MAX_POINTS_COARSE (the levels above it, which only have to land inside
-# the next level's capture range). Flat pixels carry little
+# most textured SELECT_FRACTION, but about MAX_POINTS at most (16384 measured as accurate as
+# 32768 on the benchmark's noisy tier) and, on levels 2 and up (which only have to land inside
+# the next level's capture range), MIN_POINTS_COARSE at least. Flat pixels carry little
 # information about the motion but cost as much to sample as an edge, and a cubic sample costs
 # ~60 ns whatever the image size.
 DENSE_LIMIT = 1 << 14
 SELECT_FRACTION = 0.25
 MAX_POINTS = 1 << 14
-MAX_POINTS_COARSE = 1 << 14
 MIN_POINTS_COARSE = 1 << 12
 # Target pixels handled per block while preparing a level: at most STRIP_PIXELS (a few hundred
 # kilobytes per array, so the filters run in cache and nothing image-sized is allocated) and at
@@ -190,14 +188,12 @@ class LevelImages:
         return inside
 
 
-def spline_view(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def spline_view(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Target spline at the pixel centers of the rows inside a block with one halo row each side.
 
     For ``block`` of ``(m + 2, w)`` rows (the first and last only as neighbours) returns, for
-    the ``m`` inner rows, ``(value, grad_x, grad_y, smoothed_rows)``: the spline's value and exact
-    derivatives, and the rows filtered along y by ``(1, 4, 1) / 6`` (from which the value is
-    one more filter along x). Columns mirror at the edges (``c[-1] = c[1]``), as scipy's
-    ``mode="mirror"`` does.
+    the ``m`` inner rows, the spline's value and exact derivatives ``(value, grad_x, grad_y)``.
+    Columns mirror at the edges (``c[-1] = c[1]``), as scipy's ``mode="mirror"`` does.
     """
     up, mid, down = block[:-2], block[1:-1], block[2:]
     v = np.add(up, down, dtype=np.float32)  # the (1, 4, 1) / 6 filter along y
@@ -205,10 +201,7 @@ def spline_view(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     dy *= np.float32(0.5)
     v += np.float32(4.0) * mid
     v *= np.float32(1.0 / 6.0)
-    value = _along_x(v, smooth=True)
-    gx = _along_x(v, smooth=False)
-    gy = _along_x(dy, smooth=True)
-    return value, gx, gy, v
+    return _along_x(v, smooth=True), _along_x(v, smooth=False), _along_x(dy, smooth=True)
 
 
 def _along_x(a: np.ndarray, smooth: bool) -> np.ndarray:
@@ -231,32 +224,6 @@ def _along_x(a: np.ndarray, smooth: bool) -> np.ndarray:
         out[:, 0] = 0.0  # mirror: the neighbours are equal
         out[:, -1] = 0.0
     return out
-
-
-def _rows_with_halo(image: np.ndarray, r0: int, r1: int) -> np.ndarray:
-    """Rows ``r0 - 1 .. r1`` of ``image`` (mirrored past the edges: row -1 is row 1)."""
-    h = image.shape[0]
-    if r0 >= 1 and r1 < h:
-        return image[r0 - 1 : r1 + 1]
-    rows = np.arange(r0 - 1, r1 + 1)
-    if h == 1:
-        rows[:] = 0
-    else:
-        rows = np.abs(rows)
-        rows = np.where(rows > h - 1, 2 * (h - 1) - rows, rows)
-    return image[rows]
-
-
-def _valid_rows(target_valid: np.ndarray | None, h: int, w: int, m: int, r0: int, r1: int
-                ) -> np.ndarray:
-    """Validity of rows r0..r1-1: inside the margin ``m`` and not masked."""
-    tv = np.zeros((r1 - r0, w), dtype=bool)
-    a, b = max(r0, m), min(r1, h - m)
-    if b > a and w > 2 * m:
-        tv[a - r0 : b - r0, m : w - m] = True
-    if target_valid is not None:
-        tv &= target_valid[r0:r1]
-    return tv
 
 
 def _strength(target: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
@@ -345,7 +312,7 @@ def prepare_level(
     """Precompute the per-level data: the target spline's values and derivatives, the masks.
 
     With ``select`` and more than ``min_points`` usable target pixels, keep only the most
-    textured ones (largest gradient magnitude): a quarter of them, between ``min_points`` and
+    textured ones (:func:`_strength`): a quarter of them, between about ``min_points`` and
     ``max_points``. The target is processed in blocks of rows, so apart from the selected points
     nothing image-sized is allocated; the source is used as it is.
     """
@@ -360,8 +327,13 @@ def prepare_level(
         target_valid[m : h - m, m : w - m]))
     keep = min(max(min_points, int(SELECT_FRACTION * n_valid)), max(max_points, min_points))
     if not select or n_valid <= keep:
-        value, gx, gy, _ = spline_view(_rows_with_halo(target, 0, h))
-        tv = _valid_rows(target_valid, h, w, m, 0, h)
+        # mirrored halo rows (row -1 is row 1), as along x
+        value, gx, gy = spline_view(np.pad(target, ((1, 1), (0, 0)), mode="reflect"))
+        tv = np.zeros((h, w), dtype=bool)
+        # Border pixels of a blurred level were filtered with padded values: leave them out.
+        tv[m : h - m, m : w - m] = True
+        if target_valid is not None:
+            tv &= target_valid
         return LevelImages((h, w), value.ravel(), gx.ravel(), gy.ravel(), tv.ravel(), None,
                            source, s_inv, margin)
     mm = max(m, SELECT_SPACING)  # what a chosen pixel's measures read lies inside the image

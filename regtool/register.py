@@ -270,13 +270,11 @@ def _luminance(image: np.ndarray, which: str, mask: np.ndarray | None = None
 
 def _points(k: int) -> dict[str, int]:
     """How many points level ``k`` registers on (see :func:`regtool.loss.prepare_level`)."""
-    if k == 0:
-        return {"min_points": L.DENSE_LIMIT, "max_points": L.MAX_POINTS}
     # Level 1 hands level 0 its start, and on noisy images level 0 can do little better than
     # that start (its loss then moves with the noise more than with hundredths of a pixel):
     # it keeps the finest level's floor. Coarser levels only need the next one's capture range.
-    floor = L.DENSE_LIMIT if k == 1 else L.MIN_POINTS_COARSE
-    return {"min_points": floor, "max_points": L.MAX_POINTS_COARSE}
+    floor = L.DENSE_LIMIT if k <= 1 else L.MIN_POINTS_COARSE
+    return {"min_points": floor, "max_points": L.MAX_POINTS}
 
 
 def _check_options(optimizer: str, metric: str, tol: float, max_iter: int | None,
@@ -437,10 +435,11 @@ def align(
     # four times finer. Levels 1 and 0 always run: on noisy images the finest level's loss
     # moves with the noise about as much as with a few hundredths of a pixel, so it needs a
     # start that close.
-    first = min(n_levels - 1, k_search) if auto else n_levels - 1
-    schedule = sorted({*range(first, 1, -2), *range(min(first, 1), -1, -1)}, reverse=True)
-    if not auto:
-        schedule = list(range(first, -1, -1))
+    if auto:
+        first = min(n_levels - 1, k_search)
+        schedule = [*range(first, 1, -2), *range(min(first, 1), -1, -1)]
+    else:
+        schedule = list(range(n_levels - 1, -1, -1))
     for index, k in enumerate(schedule):
         t_level = time.perf_counter()
         margin = MARGIN_FINE if k == 0 else MARGIN_COARSE
