@@ -8,8 +8,9 @@ are scaling.py's, made once). For each size:
   bare interpreter (``python -c pass``) for comparison;
 * **stages**: a fresh process runs the same command line in-process (``regtool.cli.main``) with
   light wrappers around the functions of each stage (``regtool.io.read_image``,
-  ``regtool.register._luminance``, ``regtool.pyramid.build``, ``regtool.init.search``,
-  ``regtool.loss.prepare_level``, the Gauss-Newton solver, ``regtool.register._quality``,
+  ``regtool.register.luminance``, ``regtool.pyramid.build``, ``regtool.init.search``,
+  ``regtool.loss.prepare_level``, the Gauss-Newton solver, ``regtool.quality.assess``,
+  ``regtool.uncertainty.estimate``,
   ``Result.warp``, ``regtool.io.write_image``/``write_json`` ...): time, and the peak
   resident-set growth during the stage (VmHWM reset at each stage's start); the per-level and
   init times also come from the JSON the command writes (``levels[i].time_s``,
@@ -148,8 +149,10 @@ def child_stages(target: str, source: str, workdir: str) -> dict[str, Any]:
     import regtool.loss
     import regtool.optimize
     import regtool.pyramid
+    import regtool.quality
     import regtool.register
-    import regtool.resample  # noqa: F401
+    import regtool.resample
+    import regtool.uncertainty  # noqa: F401
     t_import = time.perf_counter() - t_all
     import_peak = _hwm() - rss0
 
@@ -157,7 +160,7 @@ def child_stages(target: str, source: str, workdir: str) -> dict[str, Any]:
     io, reg = regtool.io, regtool.register
     st.wrap(io, "read_image", "read", lambda p: Path(p).name)
     st.wrap(io, "check_output_path", "output checks")
-    st.wrap(reg, "_luminance", "luminance", lambda img, which, *a, **k: which)
+    st.wrap(reg, "luminance", "luminance", lambda img, which, *a, **k: which)
     st.wrap(regtool.pyramid, "build", "pyramid build", lambda img, n: f"{_shape(img)}, {n}")
     st.wrap(regtool.pyramid, "build_mask", "pyramid build (masks)")
     st.wrap(regtool.init, "search", "init search")
@@ -165,7 +168,8 @@ def child_stages(target: str, source: str, workdir: str) -> dict[str, Any]:
             lambda t, *a, **k: _shape(t))
     st.wrap(regtool.optimize.SOLVERS, "gauss-newton", "solve level",
             lambda level, *a, **k: f"{level.shape[1]}x{level.shape[0]}")
-    st.wrap(reg, "_quality", "quality check")
+    st.wrap(regtool.quality, "assess", "quality check")
+    st.wrap(regtool.uncertainty, "estimate", "uncertainty")
     st.wrap(reg, "align", "align (total)")
     st.wrap(reg.Result, "warp", "warp output (cubic)")
     st.wrap(reg.Result, "to_dict", "JSON document")
@@ -214,9 +218,10 @@ def child_cprofile(target: str, source: str, workdir: str) -> dict[str, Any]:
     total = time.perf_counter() - t0
     stats = pstats.Stats(prof)
     wanted = {
-        ("io.py", "read_image"), ("register.py", "_luminance"), ("pyramid.py", "build"),
+        ("io.py", "read_image"), ("prepare.py", "luminance"), ("pyramid.py", "build"),
         ("init.py", "search"), ("loss.py", "prepare_level"), ("optimize.py", "gauss_newton"),
-        ("register.py", "_quality"), ("register.py", "align"), ("resample.py", "warp"),
+        ("quality.py", "assess"), ("uncertainty.py", "estimate"), ("register.py", "align"),
+        ("resample.py", "warp"),
         ("io.py", "write_image"), ("io.py", "write_json"), ("loss.py", "spline_coefficients"),
         ("loss.py", "image_gradient"), ("loss.py", "residual"), ("loss.py", "gram"),
         ("init.py", "candidates"), ("cli.py", "align_command"),
@@ -351,7 +356,8 @@ def stage_rows(runs: list[dict[str, Any]], whole: float
         rows.append(("align: levels 2 and coarser, prepare + solve", coarse_t, coarse_g,
                      f"{coarse_n} levels"))
     rows += fine_rows  # levels come coarse to fine: level 1, then level 0
-    part += add("align: quality check (_quality)", "quality check")
+    part += add("align: quality check (quality.assess)", "quality check")
+    part += add("align: error bars (uncertainty.estimate)", "uncertainty")
     rows.append(("align: rest (checks, transforms, Result)", max(t_align - part, 0.0), None, ""))
     rows.append(("= align total (its own time_s)",
                  statistics.median(r["doc"].get("time_s") or 0.0 for r in runs), g_align, ""))

@@ -16,15 +16,19 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from .errors import InputError, RegtoolError
-    from .register import LevelRecord, Result, align
+    from .register import align
     from .resample import warp
+    from .result import LevelRecord, Result
+    from .uncertainty import Uncertainty
 
-__all__ = ["align", "warp", "Result", "LevelRecord", "InputError", "RegtoolError", "__version__"]
+__all__ = ["align", "warp", "Result", "LevelRecord", "Uncertainty", "InputError", "RegtoolError",
+           "__version__"]
 
 # The public names load on first use, so `regtool --version` and `--help` never pay for
 # numpy and scipy.
 _WHERE = {
-    "align": "register", "Result": "register", "LevelRecord": "register", "warp": "resample",
+    "align": "register", "Result": "result", "LevelRecord": "result", "warp": "resample",
+    "Uncertainty": "uncertainty",
     "InputError": "errors", "RegtoolError": "errors",
 }
 

@@ -1,26 +1,30 @@
-"""The coarse-to-fine driver: input checks, pyramid, per-level solves, and the Result."""
+"""The coarse-to-fine driver: it calls the rooms of the engine in order.
+
+:mod:`regtool.prepare` (luminance and masks), :mod:`regtool.pyramid`, :mod:`regtool.init` (the
+global search), :mod:`regtool.loss` and :mod:`regtool.optimize` (one level's solve),
+:mod:`regtool.quality` (the match decision), :mod:`regtool.uncertainty` (the error bars) and
+:mod:`regtool.result` (what is returned). Nothing here computes beyond choosing what runs when.
+"""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from . import init as global_init
 from . import loss as L
 from . import pyramid
-from ._filters import correlate_rows, gaussian_taps
-from ._version import __version__
+from . import quality as Q
+from . import uncertainty as U
 from .errors import InputError
 from .optimize import DEFAULT_MAX_ITER, SOLVERS
-from .resample import ndimage_affine
-from .resample import warp as _warp
+from .prepare import luminance
+from .result import LevelRecord, Result
 from .transform import (
     center_params,
     from_level,
@@ -30,15 +34,13 @@ from .transform import (
     to_level,
 )
 
-__all__ = ["align", "Result", "LevelRecord", "OPTIMIZERS", "METRICS", "DEFAULT_OPTIMIZER"]
+__all__ = ["align", "Result", "LevelRecord", "OPTIMIZERS", "METRICS", "DEFAULT_OPTIMIZER",
+           "DEFAULT_METRIC"]
 
 OPTIMIZERS = ("gauss-newton", "scaled", "gd")
 METRICS = ("ssd", "ncc")
 DEFAULT_OPTIMIZER = "gauss-newton"
-MIN_SIDE = 16
-MAX_NONFINITE = 0.5
-# Rec. 601 luma: the weights most image tools use for "gray".
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+DEFAULT_METRIC = "ssd"
 # Sampled source points stay this far (level pixels) inside the source's outer pixel centers.
 # Level 0 is the original image: one pixel keeps the spline away from its mirrored border.
 # Coarser levels were blurred with edge padding as well: two pixels cover that filter's reach.
@@ -50,222 +52,6 @@ COARSE_TOL = 0.01
 # The global search runs at the level whose shorter side is 48 to 95 pixels: enough texture for
 # the spectra and phase correlation, and a few milliseconds of FFTs.
 SEARCH_SIDE = 48
-# The quality statistics use a grid of at most about this many pixels a side. Against 256, it
-# cut the check from ~6.5 to ~2 ms at 512x512 with the same verdict on every benchmark case;
-# over them unrelated pairs' detail NCC stayed at most 0.15 and related ones' at least 0.87.
-QUALITY_GRID = 128
-
-
-@dataclass
-class LevelRecord:
-    """What happened at one pyramid level (level 0 is the full-resolution image)."""
-
-    level: int
-    shape: tuple[int, int]
-    iterations: int
-    loss: float
-    converged: bool
-    time_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "level": self.level,
-            "shape": [int(self.shape[0]), int(self.shape[1])],
-            "iterations": int(self.iterations),
-            "loss": _num(self.loss),
-            "converged": bool(self.converged),
-            "time_s": round(float(self.time_s), 6),
-        }
-
-
-def _num(x: float) -> float | None:
-    """JSON has no infinity or NaN: those become null."""
-    return float(x) if math.isfinite(x) else None
-
-
-@dataclass
-class Result:
-    """The outcome of :func:`align`.
-
-    Attributes
-    ----------
-    matrix : (2, 3) ndarray
-        Maps target pixel (x, y) to source pixel (x, y):
-        ``aligned[y, x] = source(matrix @ [x, y, 1])``.
-    tx, ty, theta : float
-        ``matrix = [[cos, -sin, tx], [sin, cos, ty]]``: rotation by ``theta`` radians about the
-        origin (the center of the top-left pixel), then translation.
-    center : (float, float)
-        The target's center ``((W-1)/2, (H-1)/2)``.
-    shift : (float, float)
-        Translation about ``center``: ``matrix @ [x, y, 1] = R (x - center) + center + shift``.
-    metric, optimizer : str
-        What was minimized, and how.
-    loss : float
-        Final value of the metric at the finest level (``ssd``: mean squared difference over the
-        overlap, integer images scaled to [0, 1]; ``ncc``: ``1 - ncc``).
-    converged : bool
-        True when the finest level met the tolerance and nothing failed.
-    reason : str or None
-        Why not, when ``converged`` is False.
-    levels : list of LevelRecord
-        Coarsest first.
-    time_s : float
-        Wall time of the call.
-    overlap : float
-        Fraction of the target's pixels that ``matrix`` maps inside the source's extent.
-    target_shape, source_shape : tuple of int
-        ``(rows, cols)`` of the inputs.
-    ncc : float
-        Zero-mean normalized cross-correlation of target and aligned source over the overlap
-        (a regular grid: every other pixel, or about 128 x 128 on larger images; bilinear):
-        1 is a perfect match up to gain and offset, near 0 unrelated images.
-    residual : float
-        Root-mean-square intensity difference over the same pixels (integer images in [0, 1]).
-    detail_ncc : float
-        The NCC of the two images' detail (difference of Gaussians, sigma 1 and 3 pixels of that
-        grid; sigma 3 and 9 when noise swamps the finer band) over the overlap: what decides
-        whether the images match at all (at least 0.35, or 0.55 in the coarser band).
-    init : dict
-        How the start was found: ``method`` (``auto``, ``none`` or ``given``), the starting
-        ``tx``, ``ty``, ``theta_deg``, and for ``auto`` the ``level`` searched, the number of
-        ``candidates`` and ``time_s``.
-    """
-
-    matrix: np.ndarray
-    tx: float
-    ty: float
-    theta: float
-    center: tuple[float, float]
-    shift: tuple[float, float]
-    metric: str
-    optimizer: str
-    loss: float
-    converged: bool
-    reason: str | None
-    levels: list[LevelRecord] = field(default_factory=list)
-    time_s: float = 0.0
-    overlap: float = 0.0
-    target_shape: tuple[int, int] = (0, 0)
-    source_shape: tuple[int, int] = (0, 0)
-    ncc: float = math.nan
-    residual: float = math.nan
-    detail_ncc: float = math.nan
-    init: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def theta_deg(self) -> float:
-        """Rotation in degrees."""
-        return math.degrees(self.theta)
-
-    def warp(self, image: np.ndarray, *, interp: str = "cubic", fill: float = 0.0) -> np.ndarray:
-        """Resample ``image`` (the source, or any image on its grid) onto the target's grid.
-
-        Keeps the dtype and channels of ``image``; see :func:`regtool.warp`.
-        """
-        return _warp(image, self.matrix, self.target_shape, interp=interp, fill=fill)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON document (without the file names, which only a caller knows)."""
-        return {
-            "tx": float(self.tx),
-            "ty": float(self.ty),
-            "theta": float(self.theta),
-            "theta_deg": float(self.theta_deg),
-            "matrix": [[float(v) for v in row] for row in self.matrix],
-            "center": [float(self.center[0]), float(self.center[1])],
-            "shift": [float(self.shift[0]), float(self.shift[1])],
-            "metric": self.metric,
-            "optimizer": self.optimizer,
-            "loss": _num(self.loss),
-            "converged": bool(self.converged),
-            "reason": self.reason,
-            "overlap": round(float(self.overlap), 6),
-            "ncc": _num(self.ncc),
-            "residual": _num(self.residual),
-            "detail_ncc": _num(self.detail_ncc),
-            "init": {k: (_num(v) if isinstance(v, float) else v) for k, v in self.init.items()},
-            "levels": [r.to_dict() for r in self.levels],
-            "time_s": round(float(self.time_s), 6),
-            "target_shape": [int(v) for v in self.target_shape],
-            "source_shape": [int(v) for v in self.source_shape],
-            "regtool_version": __version__,
-        }
-
-
-def _luminance(image: np.ndarray, which: str, mask: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Float32 luminance and validity mask (None: all valid) of a gray/RGB/RGBA array.
-
-    ``mask`` (nonzero = use) is combined with the pixels that are NaN, infinite or transparent.
-    """
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-        raise InputError(
-            f"expected a 2-D gray image or an RGB/RGBA image, got an array of shape {arr.shape}",
-            which)
-    kind = arr.dtype.kind
-    if kind not in "buif":
-        raise InputError(f"unsupported pixel type {arr.dtype}", which)
-    h, w = arr.shape[:2]
-    if min(h, w) < MIN_SIDE:
-        raise InputError(f"image is too small to register ({w}x{h} pixels; "
-                         f"at least {MIN_SIDE}x{MIN_SIDE} needed)", which)
-    alpha = None
-    scale = np.float32(1.0 / np.iinfo(arr.dtype).max) if kind in "ui" else None
-    if arr.ndim == 3:
-        if arr.shape[2] == 4:
-            alpha = arr[..., 3]
-        if arr.dtype == np.float64:
-            lum = (arr[..., :3] @ LUMA.astype(np.float64)).astype(np.float32)
-        else:
-            # three multiply-adds in float32: a (..., 3) @ (3,) product is slower here
-            lum = np.multiply(arr[..., 0], LUMA[0], dtype=np.float32)
-            lum += np.multiply(arr[..., 1], LUMA[1], dtype=np.float32)
-            lum += np.multiply(arr[..., 2], LUMA[2], dtype=np.float32)
-            if scale is not None:
-                lum *= scale
-    elif scale is not None:
-        # Integers become [0, 1] so uint8 and uint16 inputs compare on one scale.
-        lum = np.multiply(arr, scale, dtype=np.float32)
-    else:
-        lum = arr.astype(np.float32)
-    if arr.ndim == 2 and kind != "f" and mask is None:
-        # gray integers are finite and nothing is masked: only the constant check is left,
-        # which the raw array answers fastest
-        if not arr.max() > arr.min():
-            raise InputError("image has no texture to register (it is constant)", which)
-        return lum, None
-    valid = np.isfinite(lum)
-    if alpha is not None:
-        valid &= alpha > 0
-    n_bad = valid.size - int(np.count_nonzero(valid))
-    if n_bad > MAX_NONFINITE * valid.size:
-        what = "transparent, NaN or infinite" if alpha is not None else "NaN or infinite"
-        raise InputError(f"{100 * n_bad / valid.size:.0f}% of the pixels are {what} "
-                         f"(at most {100 * MAX_NONFINITE:.0f}% can be masked)", which)
-    if mask is not None:
-        user = np.asarray(mask)
-        if user.shape != valid.shape:
-            raise InputError(f"the mask's shape {user.shape} does not match the image's "
-                             f"{valid.shape}", which)
-        valid &= user.astype(bool)
-        n_bad = valid.size - int(np.count_nonzero(valid))
-        if valid.size - n_bad < MIN_SIDE * MIN_SIDE:
-            raise InputError(f"the mask leaves only {valid.size - n_bad} usable pixels "
-                             f"(at least {MIN_SIDE * MIN_SIDE} needed)", which)
-    mask = None
-    if n_bad:
-        mask = valid
-        # Fill masked pixels with the mean so blurring and splines see no spikes there.
-        lum = np.where(valid, lum, np.float32(lum[valid].mean())).astype(np.float32)
-    values = lum if mask is None else lum[mask]
-    lo, hi = float(values.min()), float(values.max())
-    if not hi - lo > 1e-6 * max(abs(hi), abs(lo), 1e-30):
-        raise InputError("image has no texture to register (it is constant)", which)
-    return np.ascontiguousarray(lum, dtype=np.float32), mask
 
 
 def _points(k: int) -> dict[str, int]:
@@ -293,13 +79,134 @@ def _check_options(optimizer: str, metric: str, tol: float, max_iter: int | None
         raise ValueError(f"min_overlap must be in (0, 1], not {min_overlap!r}")
 
 
+@dataclass
+class _Pyramids:
+    """Both images and their masks, level 0 (full resolution) first."""
+
+    f: list[np.ndarray]
+    g: list[np.ndarray]
+    fm: list[np.ndarray | None]
+    gm: list[np.ndarray | None]
+
+    def level(self, k: int, margin: float) -> L.LevelImages:
+        return L.prepare_level(self.f[k], self.fm[k], self.g[k], self.gm[k], margin,
+                               **_points(k))
+
+
+@dataclass
+class _Descent:
+    """What the level-by-level descent ended with."""
+
+    matrix: np.ndarray
+    records: list[LevelRecord]
+    converged: bool
+    reason: str | None
+    loss: float
+    finest: L.LevelImages | None  # the level-0 data, when level 0 ran
+
+
+def _level_count(f: np.ndarray, g: np.ndarray, levels: int | None) -> int:
+    n_max = pyramid.max_levels(f.shape, g.shape)
+    if levels is None:
+        return pyramid.auto_levels(f.shape, g.shape)
+    if levels < 1 or levels > n_max:
+        raise InputError(f"levels must be between 1 and {n_max} for these image sizes "
+                         f"(the coarsest level needs at least 8 pixels a side), not {levels}")
+    return int(levels)
+
+
+def _plain_start(f: np.ndarray, g: np.ndarray, init: object
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The start before any search: the given transform, or centers on centers."""
+    if init is not None and not isinstance(init, str):
+        tx0, ty0, deg0 = (float(v) for v in init)  # type: ignore[union-attr]
+        return rigid_matrix(tx0, ty0, math.radians(deg0)), {"method": "given"}
+    cf, cg = image_center(f.shape), image_center(g.shape)
+    return rigid_matrix(cg[0] - cf[0], cg[1] - cf[1], 0.0), {"method": "none"}
+
+
+def _search(pyr: _Pyramids, k: int, plain: np.ndarray, min_overlap: float
+            ) -> tuple[np.ndarray, dict[str, Any], L.LevelImages]:
+    """The global search at level ``k``: its start (level 0), what it saw, its level data."""
+    t_init = time.perf_counter()
+    level = pyr.level(k, MARGIN_COARSE)
+    start, info = global_init.search(level, pyr.f[k], pyr.g[k], pyr.fm[k], pyr.gm[k],
+                                     to_level(plain, k), min_overlap)
+    info.update(method="auto", level=k, time_s=round(time.perf_counter() - t_init, 6))
+    return from_level(start, k), info, level
+
+
+def _schedule(n_levels: int, searched: int | None) -> list[int]:
+    """The levels the descent visits, coarsest first; always ends with levels 1 and 0."""
+    if searched is None:
+        return list(range(n_levels - 1, -1, -1))
+    # After a global search, levels coarser than the one searched have nothing left to find,
+    # and down to level 2 the descent can halve the resolution twice per step: a level
+    # converged to a hundredth of its pixels lands well inside the capture range of the level
+    # four times finer. Levels 1 and 0 always run: on noisy images the finest level's loss
+    # moves with the noise about as much as with a few hundredths of a pixel, so it needs a
+    # start that close.
+    first = min(n_levels - 1, searched)
+    return [*range(first, 1, -2), *range(min(first, 1), -1, -1)]
+
+
+def _descend(pyr: _Pyramids, schedule: list[int], m: np.ndarray, prepared: dict[int, Any],
+             solver: Any, metric: str, tol: float, iters: int, min_overlap: float,
+             progress: Callable[[LevelRecord, int, int], None] | None) -> _Descent:
+    """Solve level by level along ``schedule``, handing each result down."""
+    records: list[LevelRecord] = []
+    converged, reason, loss_value = False, None, math.inf
+    finest = None
+    for index, k in enumerate(schedule):
+        t_level = time.perf_counter()
+        margin = MARGIN_FINE if k == 0 else MARGIN_COARSE
+        level = prepared.pop(k, None) if margin == MARGIN_COARSE else None
+        if level is None:
+            level = pyr.level(k, margin)
+        center = image_center(pyr.f[k].shape)
+        level_tol = tol if k == 0 else max(tol, COARSE_TOL)
+        out = solver(level, to_level(m, k), center, metric, level_tol, iters, min_overlap)
+        m = from_level(out.matrix, k)
+        loss_value = out.loss
+        rec = LevelRecord(k, pyr.f[k].shape, out.iterations, out.loss, out.converged,
+                          time.perf_counter() - t_level)
+        records.append(rec)
+        if progress is not None:
+            progress(rec, index, len(schedule))
+        converged, reason = out.converged, out.reason
+        if k == 0:
+            finest = level
+        if reason is not None and not reason.startswith("did not converge"):
+            break  # a failure (overlap lost, divergence): finer levels cannot rescue it
+    if not converged and reason is None:
+        reason = "stopped before the finest level"
+    if reason is not None and reason.startswith("did not converge") and records:
+        reason = f"{reason} at level {records[-1].level}"
+    return _Descent(m, records, converged, reason, loss_value, finest)
+
+
+def _error_bars(descent: _Descent, m: np.ndarray, metric: str, converged: bool,
+                init_info: dict[str, Any]) -> U.Uncertainty:
+    """The error bars of a result, or why there are none."""
+    if not converged:
+        return U.Uncertainty.unavailable("the registration did not converge or did not match")
+    if descent.finest is None:
+        return U.Uncertainty.unavailable("the finest level did not run")
+    rival = init_info.get("rival")
+    if rival:
+        return U.Uncertainty.unavailable(
+            f"another match almost as good lies {rival['distance_px']:.1f} px away (a periodic "
+            "or repeated texture?): the error is not a small one around this answer")
+    return U.estimate(descent.finest, m, image_center(descent.finest.shape), metric)
+
+
 def align(
     target: np.ndarray,
     source: np.ndarray,
     *,
     levels: int | None = None,
     optimizer: str = DEFAULT_OPTIMIZER,
-    metric: str = "ssd",
+    metric: str = DEFAULT_METRIC,
     max_iter: int | None = None,
     tol: float = 1e-3,
     init: str | Sequence[float] | None = "auto",
@@ -379,258 +286,43 @@ def align(
     """
     t_start = time.perf_counter()
     _check_options(optimizer, metric, tol, max_iter, min_overlap, init)
-    f, f_mask = _luminance(target, "target", target_mask)
-    g, g_mask = _luminance(source, "source", source_mask)
-    n_max = pyramid.max_levels(f.shape, g.shape)
-    if levels is None:
-        n_levels = pyramid.auto_levels(f.shape, g.shape)
-    else:
-        if levels < 1 or levels > n_max:
-            raise InputError(f"levels must be between 1 and {n_max} for these image sizes "
-                             f"(the coarsest level needs at least 8 pixels a side), not {levels}")
-        n_levels = int(levels)
+    f, f_mask = luminance(target, "target", target_mask)
+    g, g_mask = luminance(source, "source", source_mask)
+    n_levels = _level_count(f, g, levels)
     iters = max_iter if max_iter is not None else DEFAULT_MAX_ITER[optimizer]
-    solver = SOLVERS[optimizer]
 
-    # Centers on centers: for equal sizes, the identity.
-    cf, cg = image_center(f.shape), image_center(g.shape)
-    m = rigid_matrix(cg[0] - cf[0], cg[1] - cf[1], 0.0)
+    m, init_info = _plain_start(f, g, init)
     auto = isinstance(init, str) and init == "auto"
-    init_info: dict[str, Any] = {"method": "none"}
-    if init is not None and not isinstance(init, str):
-        tx0, ty0, deg0 = (float(v) for v in init)
-        m = rigid_matrix(tx0, ty0, math.radians(deg0))
-        init_info = {"method": "given"}
     k_search = pyramid.auto_levels(f.shape, g.shape, min_side=SEARCH_SIDE) - 1
     n_build = max(n_levels, k_search + 1) if auto else n_levels
-
-    pyr_f = pyramid.build(f, n_build)
-    pyr_g = pyramid.build(g, n_build)
-    pyr_fm = pyramid.build_mask(f_mask, n_build)
-    pyr_gm = pyramid.build_mask(g_mask, n_build)
-
+    pyr = _Pyramids(pyramid.build(f, n_build), pyramid.build(g, n_build),
+                    pyramid.build_mask(f_mask, n_build), pyramid.build_mask(g_mask, n_build))
     prepared: dict[int, L.LevelImages] = {}
     if auto:
-        t_init = time.perf_counter()
-        k = k_search
-        level = L.prepare_level(pyr_f[k], pyr_fm[k], pyr_g[k], pyr_gm[k], MARGIN_COARSE,
-                                **_points(k))
-        prepared[k] = level
-        start, init_info = global_init.search(level, pyr_f[k], pyr_g[k], pyr_fm[k], pyr_gm[k],
-                                              to_level(m, k), min_overlap)
-        m = from_level(start, k)
-        init_info["method"] = "auto"
-        init_info["level"] = k
-        init_info["time_s"] = round(time.perf_counter() - t_init, 6)
+        m, init_info, prepared[k_search] = _search(pyr, k_search, m, min_overlap)
     tx0, ty0, th0 = rigid_params(m)
     init_info.update(tx=tx0, ty=ty0, theta_deg=math.degrees(th0))
 
-    records: list[LevelRecord] = []
-    converged = False
-    reason: str | None = None
-    loss_value = math.inf
-    # After a global search, levels coarser than the one searched have nothing left to find,
-    # and down to level 2 the descent can halve the resolution twice per step: a level
-    # converged to a hundredth of its pixels lands well inside the capture range of the level
-    # four times finer. Levels 1 and 0 always run: on noisy images the finest level's loss
-    # moves with the noise about as much as with a few hundredths of a pixel, so it needs a
-    # start that close.
-    if auto:
-        first = min(n_levels - 1, k_search)
-        schedule = [*range(first, 1, -2), *range(min(first, 1), -1, -1)]
-    else:
-        schedule = list(range(n_levels - 1, -1, -1))
-    for index, k in enumerate(schedule):
-        t_level = time.perf_counter()
-        margin = MARGIN_FINE if k == 0 else MARGIN_COARSE
-        level = prepared.pop(k, None) if margin == MARGIN_COARSE else None
-        if level is None:
-            level = L.prepare_level(pyr_f[k], pyr_fm[k], pyr_g[k], pyr_gm[k], margin,
-                                    **_points(k))
-        center = image_center(pyr_f[k].shape)
-        level_tol = tol if k == 0 else max(tol, COARSE_TOL)
-        out = solver(level, to_level(m, k), center, metric, level_tol, iters, min_overlap)
-        m = from_level(out.matrix, k)
-        loss_value = out.loss
-        rec = LevelRecord(k, pyr_f[k].shape, out.iterations, out.loss, out.converged,
-                          time.perf_counter() - t_level)
-        records.append(rec)
-        if progress is not None:
-            progress(rec, index, len(schedule))
-        converged, reason = out.converged, out.reason
-        if reason is not None and not reason.startswith("did not converge"):
-            break  # a failure (overlap lost, divergence): finer levels cannot rescue it
-    if not converged and reason is None:
-        reason = "stopped before the finest level"
-    if reason is not None and reason.startswith("did not converge") and records:
-        reason = f"{reason} at level {records[-1].level}"
-
-    tx, ty, theta = rigid_params(m)
+    descent = _descend(pyr, _schedule(n_levels, k_search if auto else None), m, prepared,
+                       SOLVERS[optimizer], metric, tol, iters, min_overlap, progress)
+    tx, ty, theta = rigid_params(descent.matrix)
     m = rigid_matrix(tx, ty, theta)  # re-orthonormalize what round-off left
-    overlap = L.overlap_fraction(m, f.shape, g.shape)
-    ncc, rms, gain, offset, detail, needed = _quality(f, f_mask, g, g_mask, m)
-    if converged and not (detail >= needed and ncc >= NCC_FLOOR):
-        converged = False
-        reason = (f"the images do not match: their detail correlates at {detail:.2f} over the "
-                  f"overlap after alignment (a match has at least {needed}; plain NCC "
-                  f"{ncc:.2f})")
-    elif converged and metric == "ssd" and not (
-            abs(math.log(gain)) <= math.log(MAX_SSD_GAIN) and abs(offset) <= MAX_SSD_OFFSET):
-        # ssd compares raw intensities: under a gain or offset its minimum moves, by a few
-        # pixels or, on smooth images, by tens. Say so rather than hand back a biased answer.
-        converged = False
-        reason = (f"the images' intensities differ (gain {gain:.2f}, offset {offset:+.2f} "
-                  f"standard deviations): the ssd metric is biased by that; use the ncc metric")
+    quality = Q.assess(f, f_mask, g, g_mask, m)
+    converged, reason = descent.converged, descent.reason
+    if converged:
+        reason = Q.verdict(quality, metric)
+        converged = reason is None
     center0 = image_center(f.shape)
     sx, sy, _ = center_params(m, center0)
     return Result(
         matrix=m[:2].copy(), tx=tx, ty=ty, theta=theta, center=center0, shift=(sx, sy),
-        metric=metric, optimizer=optimizer, loss=loss_value, converged=converged,
-        reason=None if converged else reason, levels=records,
-        time_s=time.perf_counter() - t_start, overlap=overlap,
+        metric=metric, optimizer=optimizer, loss=descent.loss, converged=converged,
+        reason=None if converged else reason, levels=descent.records,
+        time_s=time.perf_counter() - t_start,
+        overlap=L.overlap_fraction(m, f.shape, g.shape),
         target_shape=(int(f.shape[0]), int(f.shape[1])),
         source_shape=(int(g.shape[0]), int(g.shape[1])),
-        ncc=ncc, residual=rms, detail_ncc=detail, init=init_info,
+        ncc=quality.ncc, residual=quality.residual, detail_ncc=quality.detail_ncc,
+        init=init_info,
+        uncertainty=_error_bars(descent, m, metric, converged, init_info),
     )
-
-
-def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
-    taps = gaussian_taps(sigma)
-    along_x = ndimage.correlate1d(image, taps, axis=1, mode="nearest", output=np.float32)
-    return correlate_rows(along_x, taps, mode="nearest")
-
-
-# Detail bands (Gaussian sigmas of a difference of Gaussians, in quality-grid pixels), finest
-# first, with the band-pass NCC each needs to call two images the same scene. The fine band
-# decides unless noise swamps it (its expected NCC for a perfect match under 0.5); then the
-# coarse one does, with a higher bar since unrelated shading agrees more at coarse scales.
-DETAIL_BANDS = ((1.0, 3.0, 0.35), (3.0, 9.0, 0.55))
-# Whatever the detail says, aligned views of one scene correlate at least this much overall.
-NCC_FLOOR = 0.2
-# ssd's answer is trusted only while the intensities agree: spreads within 10% and means within
-# a tenth of the target's spread.
-MAX_SSD_GAIN = 1.1
-MAX_SSD_OFFSET = 0.1
-_SECOND_DIFF = np.array([1.0, -2.0, 1.0], dtype=np.float32)
-
-
-def _noise_sigma(image: np.ndarray, valid: np.ndarray) -> float:
-    """White-noise standard deviation of an image (Immerkaer's estimator, 1996).
-
-    Its 3x3 kernel is the outer product of two second differences, so it runs as two 1-D passes.
-    """
-    response = ndimage.correlate1d(image, _SECOND_DIFF, axis=1, mode="nearest")
-    response = np.abs(correlate_rows(response, _SECOND_DIFF, mode="nearest"))
-    inner = ndimage.minimum_filter(valid, size=3, mode="constant")
-    if not inner.any():
-        return 0.0
-    return math.sqrt(math.pi / 2) / 6.0 * float(response[inner].mean())
-
-
-@lru_cache(maxsize=8)
-def _band_noise_gain(fine: float, coarse: float) -> float:
-    """Variance of the band-passed image per unit variance of white noise: sum of taps^2."""
-    r = int(3 * coarse) + 1
-    impulse = np.zeros((2 * r + 1, 2 * r + 1), dtype=np.float32)
-    impulse[r, r] = 1.0
-    kernel = _gaussian(impulse, fine) - _gaussian(impulse, coarse)
-    return float(np.sum(kernel.astype(np.float64) ** 2))
-
-
-def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray
-            ) -> tuple[float, float, float, float]:
-    """Band-pass NCC of the two grids over the overlap in the finest band noise allows, the
-    value a match needs in that band, and the intensity gain and offset of target vs source.
-
-    Gain (ratio of spreads) and offset (difference of means, in target spreads) are read off
-    the images blurred by the first band's coarse Gaussian: raw spreads include the noise, and
-    the source's is lowered by interpolation, which on a noisy low-contrast pair alone can
-    look like a 15% gain.
-
-    A band that shows a match settles it. A band that does not settles it only if it is clean
-    enough to have shown one (expected NCC of a perfect match, given each image's noise, of 0.5
-    or more); otherwise the next, coarser band decides.
-    """
-    a = warped[valid]
-    filled = np.where(valid, warped, np.float32(a.mean()))
-    blurred: dict[float, tuple[np.ndarray, np.ndarray]] = {}
-    noise: tuple[float, float] | None = None
-    result = (math.nan, DETAIL_BANDS[0][2])
-    gain = offset = math.nan
-    for fine, coarse, bar in DETAIL_BANDS:
-        for sg in (fine, coarse):
-            if sg not in blurred:
-                blurred[sg] = (_gaussian(filled, sg), _gaussian(target, sg))
-        # only pixels whose filter window lies wholly inside the overlap
-        inner = ndimage.minimum_filter(valid, size=2 * int(3 * coarse) + 1, mode="constant")
-        # a band needs room: a sliver of overlap correlates by chance, and a coarser band (a
-        # wider window) may not replace a finer one on less than a quarter of the overlap
-        room = 64 if fine == DETAIL_BANDS[0][0] else max(256, np.count_nonzero(valid) // 4)
-        if np.count_nonzero(inner) < room:
-            break
-        if math.isnan(gain):
-            sw = blurred[coarse][0][inner].astype(np.float64)
-            st = blurred[coarse][1][inner].astype(np.float64)
-            spread_w, spread_t = float(sw.std()), float(st.std())
-            gain = spread_t / spread_w if spread_w > 0 else math.nan
-            offset = (float(st.mean()) - float(sw.mean())) / spread_t if spread_t > 0 else math.nan
-        bw = (blurred[fine][0] - blurred[coarse][0])[inner]
-        bt = (blurred[fine][1] - blurred[coarse][1])[inner]
-        result = (_ncc(bw, bt), bar)
-        if result[0] >= bar:
-            break
-        if noise is None:
-            noise = (_noise_sigma(filled, valid), _noise_sigma(target, valid))
-        gain = _band_noise_gain(fine, coarse)
-        tw, tt = float(np.var(bw)), float(np.var(bt))
-        signal = max(tw - gain * noise[0] ** 2, 0.0) * max(tt - gain * noise[1] ** 2, 0.0)
-        expected = math.sqrt(signal / (tw * tt)) if tw > 0 and tt > 0 else 0.0
-        if expected >= 0.5:
-            break
-    return result + (gain, offset)
-
-
-def _ncc(a: np.ndarray, b: np.ndarray) -> float:
-    # centred in their own float32 (the sums accumulate in float64): no float64 copies
-    a = a - a.dtype.type(a.mean(dtype=np.float64))
-    b = b - b.dtype.type(b.mean(dtype=np.float64))
-    den = math.sqrt(L.dot(a, a) * L.dot(b, b))
-    return L.dot(a, b) / den if den > 0 else math.nan
-
-
-def _quality(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray, g_mask: np.ndarray | None,
-             m: np.ndarray) -> tuple[float, float, float, float, float, float]:
-    """Over the overlap: NCC, RMS difference, intensity gain and offset (target vs source),
-    band-pass NCC and the band-pass NCC a match needs.
-
-    Sampled on a regular grid of the target (every other pixel, coarser on images over 256
-    pixels) with bilinear interpolation: plenty for a statistic, and a small part of the call.
-    The band-pass NCC compares detail only: two unrelated photographs can share smooth shading
-    well enough for a plain NCC of 0.5 or more, but not their fine structure.
-    """
-    # Every other pixel, or a coarser regular grid of about 128 x 128 on large images: the
-    # statistics need no more, and the check stays a few milliseconds at any size.
-    step = max(2, math.ceil(max(f.shape[0], f.shape[1]) / QUALITY_GRID))
-    shape = ((f.shape[0] + step - 1) // step, (f.shape[1] + step - 1) // step)
-    sub = m @ np.diag([float(step), float(step), 1.0])
-    rc, offset = ndimage_affine(sub)
-    warped = ndimage.affine_transform(g, rc, offset=offset, output_shape=shape,
-                                      output=np.float32, order=1, mode="constant", cval=np.nan)
-    target = f[::step, ::step]
-    valid = np.isfinite(warped)
-    if f_mask is not None:
-        valid &= f_mask[::step, ::step]
-    if g_mask is not None:
-        bad = ndimage.affine_transform((~g_mask).astype(np.float32), rc, offset=offset,
-                                       output_shape=shape, order=1, mode="constant", cval=1.0)
-        valid &= bad == 0
-    if np.count_nonzero(valid) < 16:
-        return math.nan, math.nan, math.nan, math.nan, math.nan, DETAIL_BANDS[0][2]
-    a, b = warped[valid], target[valid]
-    diff = a - b
-    rms = math.sqrt(L.dot(diff, diff) / diff.size)
-    del diff
-    ncc = _ncc(a, b)
-    del a, b
-    detail, needed, gain, offset = _detail(warped, np.ascontiguousarray(target), valid)
-    return ncc, rms, gain, offset, detail, needed

@@ -1,0 +1,110 @@
+"""Input preparation: arrays of any type and layout -> float32 luminance + validity mask."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["luminance", "MIN_SIDE", "LUMA"]
+
+MIN_SIDE = 16
+MAX_NONFINITE = 0.5
+# Rec. 601 luma: the weights most image tools use for "gray".
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def luminance(image: np.ndarray, which: str, mask: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Float32 luminance and validity mask of a gray/RGB/RGBA array, with the input checks.
+
+    Parameters
+    ----------
+    image : ndarray
+        ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)``; bool, integer or float.
+        Integers are scaled to [0, 1] so that 8- and 16-bit inputs compare on one scale.
+    which : str
+        ``"target"`` or ``"source"``: named in the :class:`InputError` of a bad input.
+    mask : ndarray, optional
+        ``(H, W)``, nonzero = use; combined with the pixels that are NaN, infinite or fully
+        transparent.
+
+    Returns
+    -------
+    luminance : (H, W) float32 ndarray
+        Rec. 601 luma; masked pixels hold the mean of the others (no spikes for the filters).
+    valid : (H, W) bool ndarray or None
+        None when every pixel is usable.
+
+    Raises
+    ------
+    InputError
+        Wrong shape or type, too small, constant, mostly unusable, or a mask that does not fit.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise InputError(
+            f"expected a 2-D gray image or an RGB/RGBA image, got an array of shape {arr.shape}",
+            which)
+    kind = arr.dtype.kind
+    if kind not in "buif":
+        raise InputError(f"unsupported pixel type {arr.dtype}", which)
+    h, w = arr.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise InputError(f"image is too small to register ({w}x{h} pixels; "
+                         f"at least {MIN_SIDE}x{MIN_SIDE} needed)", which)
+    alpha = None
+    scale = np.float32(1.0 / np.iinfo(arr.dtype).max) if kind in "ui" else None
+    if arr.ndim == 3:
+        if arr.shape[2] == 4:
+            alpha = arr[..., 3]
+        if arr.dtype == np.float64:
+            lum = (arr[..., :3] @ LUMA.astype(np.float64)).astype(np.float32)
+        else:
+            # three multiply-adds in float32: a (..., 3) @ (3,) product is slower here
+            lum = np.multiply(arr[..., 0], LUMA[0], dtype=np.float32)
+            lum += np.multiply(arr[..., 1], LUMA[1], dtype=np.float32)
+            lum += np.multiply(arr[..., 2], LUMA[2], dtype=np.float32)
+            if scale is not None:
+                lum *= scale
+    elif scale is not None:
+        # Integers become [0, 1] so uint8 and uint16 inputs compare on one scale.
+        lum = np.multiply(arr, scale, dtype=np.float32)
+    else:
+        lum = arr.astype(np.float32)
+    if arr.ndim == 2 and kind != "f" and mask is None:
+        # gray integers are finite and nothing is masked: only the constant check is left,
+        # which the raw array answers fastest
+        if not arr.max() > arr.min():
+            raise InputError("image has no texture to register (it is constant)", which)
+        return lum, None
+    valid = np.isfinite(lum)
+    if alpha is not None:
+        valid &= alpha > 0
+    n_bad = valid.size - int(np.count_nonzero(valid))
+    if n_bad > MAX_NONFINITE * valid.size:
+        what = "transparent, NaN or infinite" if alpha is not None else "NaN or infinite"
+        raise InputError(f"{100 * n_bad / valid.size:.0f}% of the pixels are {what} "
+                         f"(at most {100 * MAX_NONFINITE:.0f}% can be masked)", which)
+    if mask is not None:
+        user = np.asarray(mask)
+        if user.shape != valid.shape:
+            raise InputError(f"the mask's shape {user.shape} does not match the image's "
+                             f"{valid.shape}", which)
+        valid &= user.astype(bool)
+        n_bad = valid.size - int(np.count_nonzero(valid))
+        if valid.size - n_bad < MIN_SIDE * MIN_SIDE:
+            raise InputError(f"the mask leaves only {valid.size - n_bad} usable pixels "
+                             f"(at least {MIN_SIDE * MIN_SIDE} needed)", which)
+    mask = None
+    if n_bad:
+        mask = valid
+        # Fill masked pixels with the mean so blurring and splines see no spikes there.
+        lum = np.where(valid, lum, np.float32(lum[valid].mean())).astype(np.float32)
+    values = lum if mask is None else lum[mask]
+    lo, hi = float(values.min()), float(values.max())
+    if not hi - lo > 1e-6 * max(abs(hi), abs(lo), 1e-30):
+        raise InputError("image has no texture to register (it is constant)", which)
+    return np.ascontiguousarray(lum, dtype=np.float32), mask

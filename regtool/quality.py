@@ -1,0 +1,241 @@
+"""The match decision after aligning: NCC, detail (band-pass) NCC and intensity agreement.
+
+Whether two aligned images show the same scene is decided on a regular grid of the target
+(about 128 x 128) with bilinear sampling: plenty for a statistic, and a few milliseconds at any
+size. The band-pass NCC compares detail only: two unrelated photographs can share smooth shading
+well enough for a plain NCC of 0.5 or more, but not their fine structure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage
+
+from . import loss as L
+from ._filters import correlate_rows, gaussian_taps
+from .resample import ndimage_affine
+
+__all__ = ["Quality", "assess", "verdict", "QUALITY_GRID", "DETAIL_BANDS", "NCC_FLOOR"]
+
+# The quality statistics use a grid of at most about this many pixels a side. Against 256, it
+# cut the check from ~6.5 to ~2 ms at 512x512 with the same verdict on every benchmark case;
+# over them unrelated pairs' detail NCC stayed at most 0.15 and related ones' at least 0.87.
+QUALITY_GRID = 128
+
+
+def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
+    taps = gaussian_taps(sigma)
+    along_x = ndimage.correlate1d(image, taps, axis=1, mode="nearest", output=np.float32)
+    return correlate_rows(along_x, taps, mode="nearest")
+
+
+# Detail bands (Gaussian sigmas of a difference of Gaussians, in quality-grid pixels), finest
+# first, with the band-pass NCC each needs to call two images the same scene. The fine band
+# decides unless noise swamps it (its expected NCC for a perfect match under 0.5); then the
+# coarse one does, with a higher bar since unrelated shading agrees more at coarse scales.
+DETAIL_BANDS = ((1.0, 3.0, 0.35), (3.0, 9.0, 0.55))
+# Whatever the detail says, aligned views of one scene correlate at least this much overall.
+NCC_FLOOR = 0.2
+# ssd's answer is trusted only while the intensities agree: spreads within 10% and means within
+# a tenth of the target's spread.
+MAX_SSD_GAIN = 1.1
+MAX_SSD_OFFSET = 0.1
+_SECOND_DIFF = np.array([1.0, -2.0, 1.0], dtype=np.float32)
+
+
+def _noise_sigma(image: np.ndarray, valid: np.ndarray) -> float:
+    """White-noise standard deviation of an image (Immerkaer's estimator, 1996).
+
+    Its 3x3 kernel is the outer product of two second differences, so it runs as two 1-D passes.
+    """
+    response = ndimage.correlate1d(image, _SECOND_DIFF, axis=1, mode="nearest")
+    response = np.abs(correlate_rows(response, _SECOND_DIFF, mode="nearest"))
+    inner = ndimage.minimum_filter(valid, size=3, mode="constant")
+    if not inner.any():
+        return 0.0
+    return math.sqrt(math.pi / 2) / 6.0 * float(response[inner].mean())
+
+
+@lru_cache(maxsize=8)
+def _band_noise_gain(fine: float, coarse: float) -> float:
+    """Variance of the band-passed image per unit variance of white noise: sum of taps^2."""
+    r = int(3 * coarse) + 1
+    impulse = np.zeros((2 * r + 1, 2 * r + 1), dtype=np.float32)
+    impulse[r, r] = 1.0
+    kernel = _gaussian(impulse, fine) - _gaussian(impulse, coarse)
+    return float(np.sum(kernel.astype(np.float64) ** 2))
+
+
+def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray
+            ) -> tuple[float, float, float, float]:
+    """Band-pass NCC of the two grids over the overlap in the finest band noise allows, the
+    value a match needs in that band, and the intensity gain and offset of target vs source.
+
+    Gain (ratio of spreads) and offset (difference of means, in target spreads) are read off
+    the images blurred by the first band's coarse Gaussian: raw spreads include the noise, and
+    the source's is lowered by interpolation, which on a noisy low-contrast pair alone can
+    look like a 15% gain.
+
+    A band that shows a match settles it. A band that does not settles it only if it is clean
+    enough to have shown one (expected NCC of a perfect match, given each image's noise, of 0.5
+    or more); otherwise the next, coarser band decides.
+    """
+    a = warped[valid]
+    filled = np.where(valid, warped, np.float32(a.mean()))
+    blurred: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+    noise: tuple[float, float] | None = None
+    result = (math.nan, DETAIL_BANDS[0][2])
+    gain = offset = math.nan
+    for fine, coarse, bar in DETAIL_BANDS:
+        for sg in (fine, coarse):
+            if sg not in blurred:
+                blurred[sg] = (_gaussian(filled, sg), _gaussian(target, sg))
+        # only pixels whose filter window lies wholly inside the overlap
+        inner = ndimage.minimum_filter(valid, size=2 * int(3 * coarse) + 1, mode="constant")
+        # a band needs room: a sliver of overlap correlates by chance, and a coarser band (a
+        # wider window) may not replace a finer one on less than a quarter of the overlap
+        room = 64 if fine == DETAIL_BANDS[0][0] else max(256, np.count_nonzero(valid) // 4)
+        if np.count_nonzero(inner) < room:
+            break
+        if math.isnan(gain):
+            sw = blurred[coarse][0][inner].astype(np.float64)
+            st = blurred[coarse][1][inner].astype(np.float64)
+            spread_w, spread_t = float(sw.std()), float(st.std())
+            gain = spread_t / spread_w if spread_w > 0 else math.nan
+            offset = (float(st.mean()) - float(sw.mean())) / spread_t if spread_t > 0 else math.nan
+        bw = (blurred[fine][0] - blurred[coarse][0])[inner]
+        bt = (blurred[fine][1] - blurred[coarse][1])[inner]
+        result = (_ncc(bw, bt), bar)
+        if result[0] >= bar:
+            break
+        if noise is None:
+            noise = (_noise_sigma(filled, valid), _noise_sigma(target, valid))
+        # (not `gain`: that name holds the intensity gain returned below)
+        noise_gain = _band_noise_gain(fine, coarse)
+        tw, tt = float(np.var(bw)), float(np.var(bt))
+        signal = (max(tw - noise_gain * noise[0] ** 2, 0.0)
+                  * max(tt - noise_gain * noise[1] ** 2, 0.0))
+        expected = math.sqrt(signal / (tw * tt)) if tw > 0 and tt > 0 else 0.0
+        if expected >= 0.5:
+            break
+    return result + (gain, offset)
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    # centred in their own float32 (the sums accumulate in float64): no float64 copies
+    a = a - a.dtype.type(a.mean(dtype=np.float64))
+    b = b - b.dtype.type(b.mean(dtype=np.float64))
+    den = math.sqrt(L.dot(a, a) * L.dot(b, b))
+    return L.dot(a, b) / den if den > 0 else math.nan
+
+
+def _statistics(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray,
+                g_mask: np.ndarray | None, m: np.ndarray
+                ) -> tuple[float, float, float, float, float, float]:
+    """Over the overlap: NCC, RMS difference, intensity gain and offset (target vs source),
+    band-pass NCC and the band-pass NCC a match needs.
+
+    Sampled on a regular grid of the target (every other pixel, coarser on images over 256
+    pixels) with bilinear interpolation: plenty for a statistic, and a small part of the call.
+    The band-pass NCC compares detail only: two unrelated photographs can share smooth shading
+    well enough for a plain NCC of 0.5 or more, but not their fine structure.
+    """
+    # Every other pixel, or a coarser regular grid of about 128 x 128 on large images: the
+    # statistics need no more, and the check stays a few milliseconds at any size.
+    step = max(2, math.ceil(max(f.shape[0], f.shape[1]) / QUALITY_GRID))
+    shape = ((f.shape[0] + step - 1) // step, (f.shape[1] + step - 1) // step)
+    sub = m @ np.diag([float(step), float(step), 1.0])
+    rc, offset = ndimage_affine(sub)
+    warped = ndimage.affine_transform(g, rc, offset=offset, output_shape=shape,
+                                      output=np.float32, order=1, mode="constant", cval=np.nan)
+    target = f[::step, ::step]
+    valid = np.isfinite(warped)
+    if f_mask is not None:
+        valid &= f_mask[::step, ::step]
+    if g_mask is not None:
+        bad = ndimage.affine_transform((~g_mask).astype(np.float32), rc, offset=offset,
+                                       output_shape=shape, order=1, mode="constant", cval=1.0)
+        valid &= bad == 0
+    if np.count_nonzero(valid) < 16:
+        return math.nan, math.nan, math.nan, math.nan, math.nan, DETAIL_BANDS[0][2]
+    a, b = warped[valid], target[valid]
+    diff = a - b
+    rms = math.sqrt(L.dot(diff, diff) / diff.size)
+    del diff
+    ncc = _ncc(a, b)
+    del a, b
+    detail, needed, gain, offset = _detail(warped, np.ascontiguousarray(target), valid)
+    return ncc, rms, gain, offset, detail, needed
+
+
+@dataclass(frozen=True)
+class Quality:
+    """How well the aligned images agree over their overlap (see :func:`assess`).
+
+    Attributes
+    ----------
+    ncc : float
+        Zero-mean normalized cross-correlation.
+    residual : float
+        Root-mean-square intensity difference (integer images in [0, 1]).
+    gain, offset : float
+        Intensity gain (ratio of spreads, target over source) and offset (difference of means,
+        in target spreads) read off the images blurred by the first detail band's coarse
+        Gaussian.
+    detail_ncc : float
+        Band-pass NCC in the finest band the noise allows.
+    needed : float
+        The band-pass NCC a match needs in that band.
+    """
+
+    ncc: float
+    residual: float
+    gain: float
+    offset: float
+    detail_ncc: float
+    needed: float
+
+
+def assess(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray, g_mask: np.ndarray | None,
+           matrix: np.ndarray) -> Quality:
+    """Agreement of the target ``f`` and the source ``g`` seen through ``matrix``.
+
+    Parameters
+    ----------
+    f, g : ndarray
+        Float32 luminance of the target and the source (full resolution).
+    f_mask, g_mask : ndarray or None
+        Their validity masks (None: every pixel valid).
+    matrix : (3, 3) ndarray
+        Target -> source.
+
+    Returns
+    -------
+    Quality
+    """
+    return Quality(*_statistics(f, f_mask, g, g_mask, matrix))
+
+
+def verdict(quality: Quality, metric: str) -> str | None:
+    """Why a registration that converged numerically is still not a match, or None.
+
+    A match needs detail that correlates (``quality.needed`` or more in the band noise allows)
+    and a plain NCC of at least NCC_FLOOR; with the ``ssd`` metric the intensities must also
+    agree, since ``ssd``'s minimum moves under a gain or an offset.
+    """
+    q = quality
+    if not (q.detail_ncc >= q.needed and q.ncc >= NCC_FLOOR):
+        return (f"the images do not match: their detail correlates at {q.detail_ncc:.2f} over "
+                f"the overlap after alignment (a match has at least {q.needed}; plain NCC "
+                f"{q.ncc:.2f})")
+    if metric == "ssd" and not (abs(math.log(q.gain)) <= math.log(MAX_SSD_GAIN)
+                                and abs(q.offset) <= MAX_SSD_OFFSET):
+        # ssd compares raw intensities: under a gain or offset its minimum moves, by a few
+        # pixels or, on smooth images, by tens. Say so rather than hand back a biased answer.
+        return (f"the images' intensities differ (gain {q.gain:.2f}, offset {q.offset:+.2f} "
+                "standard deviations): the ssd metric is biased by that; use the ncc metric")
+    return None

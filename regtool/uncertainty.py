@@ -1,0 +1,243 @@
+"""Error bars of a registration: the covariance of (shift, theta) from the data alone.
+
+The estimate
+------------
+At convergence the Gauss-Newton solver of :mod:`regtool.optimize` stands where its estimating
+equation ``b(p) = sum_i J_t,i e_i(p) = 0`` holds: ``J_t`` are the target's steepest-descent
+images (``grad f . dPsi/dp``, centred over the overlap for ``ncc``), ``e`` the residuals. To first
+order its error is ``dp = -S^-1 b(p_true)``, so
+
+    Cov(dp) = S^-1 V S^-T,
+
+a sandwich (Huber, White) whose two parts are both read off the data:
+
+* ``S = d b / d p = sum_i J_t,i J_s,i^T``, with ``J_s`` the steepest-descent images of the warped
+  SOURCE (its spline's gradient at the sampled points, turned into the target's frame and scaled
+  by the metric's gain). The naive ``J_t^T J_t`` would count the target's gradient noise twice
+  (its square has a positive mean): with noise of 5% of the range it made the bars 2 to 2.5 times
+  too small. The two images' noises are independent, so ``J_t^T J_s`` has the noise-free mean.
+* ``V = Var b``, from the residuals at the solution, summed over square blocks of
+  ``BLOCK`` pixels before squaring (a cluster-robust estimate): the residuals of neighbouring
+  pixels are correlated (the spline and the interpolation of the warped source both spread each
+  pixel's noise over a few pixels), and a per-point sum of squares would miss that.
+
+No noise level is given or assumed: whatever the residuals hold, noise of either image, a gain,
+interpolation error, enters through ``V``.
+
+What the numbers leave out: bias (a systematic error that does not average out, e.g. from a
+motion that is not rigid, lens distortion, parallax, or a scene that changed), and any error of
+the global search (a wrong match is not a small error). Where the estimate cannot be trusted the
+fields are None and ``reason`` says why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import special
+
+from . import loss as L
+
+__all__ = ["Uncertainty", "estimate", "mean_endpoint"]
+
+# Side (pixels of the finest level) of the blocks whose residual sums are taken as independent.
+# The residuals correlate over about 3 pixels (the target's 3x3 spline filters, the source's 4x4
+# cubic support); 16 keeps a block's neighbours' share of its sum small.
+BLOCK = 16
+# Fewer blocks than this and V is too poorly determined to be worth a number.
+MIN_BLOCKS = 24
+# The linearization behind the sandwich holds for errors well inside a pixel; above this
+# expected mean endpoint error (px) the bar is reported as untrustworthy instead.
+MAX_ENDPOINT = 1.0
+# Grid (per axis) over which the expected mean endpoint error is averaged.
+ENDPOINT_GRID = 17
+# Central-difference step (source pixels) for the source spline's gradient.
+FD_STEP = 1e-2
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """1-sigma error bars of a registration result.
+
+    Attributes
+    ----------
+    shift : (float, float) or None
+        Standard errors of ``Result.shift`` (x, y), in pixels.
+    theta_deg : float or None
+        Standard error of ``Result.theta_deg``, in degrees.
+    endpoint_px : float or None
+        Expected mean endpoint error over the target's pixels, in pixels: the average over the
+        target grid of ``E |dPsi(x)|`` for an error ``dp`` with the estimated covariance.
+    covariance : (3, 3) ndarray or None
+        Covariance of ``(shift_x, shift_y, theta)`` about the target's center (pixels, radians)
+        in the target's frame.
+    reason : str or None
+        Why the other fields are None.
+    """
+
+    shift: tuple[float, float] | None
+    theta_deg: float | None
+    endpoint_px: float | None
+    covariance: np.ndarray | None = None
+    reason: str | None = None
+
+    @classmethod
+    def unavailable(cls, reason: str) -> Uncertainty:
+        """An uncertainty that could not be estimated, and why."""
+        return cls(None, None, None, None, reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: ``shift``, ``theta_deg``, ``endpoint_px`` and ``reason``."""
+        return {
+            "shift": None if self.shift is None else [float(self.shift[0]),
+                                                      float(self.shift[1])],
+            "theta_deg": None if self.theta_deg is None else float(self.theta_deg),
+            "endpoint_px": None if self.endpoint_px is None else float(self.endpoint_px),
+            "reason": self.reason,
+        }
+
+
+def mean_endpoint(covariance: np.ndarray, shape: tuple[int, int],
+                  grid: int = ENDPOINT_GRID) -> float:
+    """Expected mean endpoint error over a ``shape`` grid for ``dp ~ N(0, covariance)``.
+
+    ``dp = (sx, sy, theta)`` about the grid's center. At each pixel ``dPsi = A_x dp`` is a
+    zero-mean 2-D Gaussian; with the eigenvalues ``l1 >= l2`` of its covariance,
+    ``E |dPsi| = sqrt(2 l1 / pi) E(1 - l2 / l1)`` (E: the complete elliptic integral of the
+    second kind), which is the Rayleigh mean ``sqrt(pi l / 2)`` when ``l1 = l2``.
+
+    Parameters
+    ----------
+    covariance : (3, 3) array_like
+        Covariance of ``(sx, sy, theta)``, pixels and radians.
+    shape : (rows, cols)
+        The grid.
+    grid : int
+        Points per axis of the regular sub-grid the mean is taken over (corners included).
+
+    Returns
+    -------
+    float
+        Pixels.
+    """
+    c = np.asarray(covariance, dtype=float)
+    h, w = shape
+    xs = np.linspace(0.0, w - 1.0, min(w, grid)) - (w - 1) / 2.0
+    ys = np.linspace(0.0, h - 1.0, min(h, grid)) - (h - 1) / 2.0
+    x, y = (a.ravel() for a in np.meshgrid(xs, ys))
+    # Sigma_x = A C A^T with A = [[1, 0, -y], [0, 1, x]]
+    sxx = c[0, 0] - 2 * y * c[0, 2] + y * y * c[2, 2]
+    syy = c[1, 1] + 2 * x * c[1, 2] + x * x * c[2, 2]
+    sxy = c[0, 1] + x * c[0, 2] - y * c[1, 2] - x * y * c[2, 2]
+    mid = 0.5 * (sxx + syy)
+    half = np.sqrt(np.maximum(0.25 * (sxx - syy) ** 2 + sxy * sxy, 0.0))
+    l1 = np.maximum(mid + half, 0.0)
+    l2 = np.clip(mid - half, 0.0, None)
+    ratio = np.divide(l2, l1, out=np.ones_like(l1), where=l1 > 0)
+    values = np.sqrt(2.0 * l1 / math.pi) * special.ellipe(1.0 - ratio)
+    return float(values.mean())
+
+
+def _source_gradient(level: L.LevelImages, matrix: np.ndarray, rc: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The warped source's gradient on the target's grid, at the points: ``A^T grad g``."""
+    grads = []
+    for axis in (1, 0):  # d/dx' (columns), then d/dy' (rows)
+        shifted = rc.copy()
+        shifted[axis] += FD_STEP
+        plus = level.sample(level.source_coeffs, matrix, rc=shifted, output=np.float64)
+        shifted[axis] -= 2 * FD_STEP
+        minus = level.sample(level.source_coeffs, matrix, rc=shifted, output=np.float64)
+        grads.append((plus - minus) / (2 * FD_STEP))
+    gxs, gys = grads
+    a = matrix[:2, :2]
+    # d g(Psi(x)) / dx = A^T grad g(Psi(x)), A the linear part of Psi
+    return a[0, 0] * gxs + a[1, 0] * gys, a[0, 1] * gxs + a[1, 1] * gys
+
+
+def _steepest(gx: np.ndarray, gy: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+              center: tuple[float, float]) -> np.ndarray:
+    """``grad . dPsi/d(sx, sy, theta)`` about ``center``, as a (3, n) float64 array."""
+    return np.stack([gx, gy, gy * (xs - center[0]) - gx * (ys - center[1])]).astype(np.float64)
+
+
+def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
+             metric: str, block: int = BLOCK) -> Uncertainty:
+    """Covariance and error bars of a converged registration at its finest level.
+
+    Parameters
+    ----------
+    level : LevelImages
+        The finest level the solver used (level 0: the full-resolution images).
+    matrix : (3, 3) ndarray
+        The solution, target -> source, in that level's pixels.
+    center : (float, float)
+        The rotation center (the target's center) in that level's pixels.
+    metric : {"ssd", "ncc"}
+        The metric that was minimized.
+    block : int
+        Side in pixels of the blocks treated as independent in ``V``.
+
+    Returns
+    -------
+    Uncertainty
+        With ``reason`` set and the numbers None when the estimate cannot be trusted.
+    """
+    rc = level.source_coords(matrix)
+    valid = level.overlap(matrix, rc)
+    res = L.residual(level.sample(level.source_coeffs, matrix, rc=rc), level.target, valid,
+                     metric)
+    if res.count < 3 * MIN_BLOCKS or not math.isfinite(res.objective):
+        return Uncertainty.unavailable("too few pixels in the overlap to estimate it")
+    xs, ys = level.coords()
+    xs, ys = xs[valid].astype(np.float64), ys[valid].astype(np.float64)
+    jt = _steepest(level.grad_x[valid], level.grad_y[valid], xs, ys, center)
+    gxs, gys = _source_gradient(level, matrix, rc[:, valid])
+    js = res.gain * _steepest(gxs, gys, xs, ys, center)
+    e = res.e[valid].astype(np.float64)
+    if metric == "ncc":
+        # the fitted offset: the estimating equation uses steepest-descent images centred over
+        # the overlap (optimize.gauss_newton), and e is zero-mean there
+        jt -= jt.mean(axis=1, keepdims=True)
+    sens = jt @ js.T
+    nbx = int(level.shape[1] // block) + 1
+    cluster = (ys // block).astype(np.int64) * nbx + (xs // block).astype(np.int64)
+    _, cluster = np.unique(cluster, return_inverse=True)
+    n_blocks = int(cluster.max()) + 1
+    if n_blocks < MIN_BLOCKS:
+        return Uncertainty.unavailable(
+            f"too little of the image overlaps to estimate it ({n_blocks} blocks of {block} px)")
+    sums = np.stack([np.bincount(cluster, weights=row * e, minlength=n_blocks) for row in jt])
+    v = (sums @ sums.T) * (n_blocks / (n_blocks - 1))
+    try:
+        inv = np.linalg.inv(sens)
+    except np.linalg.LinAlgError:
+        return Uncertainty.unavailable("too little signal: the motion is not determined")
+    cov = inv @ v @ inv.T
+    cov = 0.5 * (cov + cov.T)
+    if not np.all(np.isfinite(cov)) or np.any(np.diag(cov) <= 0) or np.linalg.cond(sens) > 1e12:
+        return Uncertainty.unavailable("too little signal: the motion is not determined")
+    return _from_covariance(cov, matrix, level.shape)
+
+
+def _from_covariance(cov: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]
+                     ) -> Uncertainty:
+    """Error bars in the public parameters from the target-frame covariance (level pixels)."""
+    endpoint = mean_endpoint(cov, shape)
+    if not endpoint <= MAX_ENDPOINT:
+        return Uncertainty.unavailable(
+            f"too little signal: the expected error ({endpoint:.2g} px) is beyond what a "
+            "linear error model can describe")
+    # The solver's error is a motion of the target's frame: the shift about the center moves
+    # by R ds, theta by dtheta.
+    a = matrix[:2, :2]
+    cs = a @ cov[:2, :2] @ a.T
+    return Uncertainty(
+        shift=(math.sqrt(cs[0, 0]), math.sqrt(cs[1, 1])),
+        theta_deg=math.degrees(math.sqrt(cov[2, 2])),
+        endpoint_px=endpoint,
+        covariance=cov,
+    )
