@@ -157,6 +157,15 @@ class Case:
         is no true target->source transform).
     target_photo : str
         The target's photograph when it differs from ``photo``.
+    offset : (int, int) or None
+        Integer offset ``(ox, oy)`` of a related target's crop in ``scene``: ``target[y, x] =
+        scene.image[oy + y, ox + x]`` before noise.
+    scene : Photo or None
+        The (enlarged) photograph both images were made from: its noise-free continuous model
+        (``scene.spline``) is what the Cramer-Rao bound (bound.py) needs.
+    noise : float
+        Standard deviation (grey levels) of the Gaussian noise added to the target and to the
+        source before the source's gain; 0 for a noise-free case.
     """
 
     name: str
@@ -171,6 +180,9 @@ class Case:
     photo: str = ""
     related: bool = True
     target_photo: str = ""
+    offset: tuple[int, int] | None = None
+    scene: Photo | None = field(default=None, repr=False, compare=False)
+    noise: float = 0.0
 
     def describe(self) -> str:
         """One-line summary of the case's parameters."""
@@ -421,7 +433,7 @@ def make_case(photo: Photo, tier: str, h: int, w: int, rng: np.random.Generator,
         tx = int(np.floor(rng.uniform(lo_x, hi_x)))
         ty = int(np.floor(rng.uniform(lo_y, hi_y)))
         target = target_photo.image[ty:ty + h, tx:tx + w].astype(np.float32)
-    gain, bias = 1.0, 0.0
+    gain, bias, sigma = 1.0, 0.0, 0.0
     if spec.noise and not clean:
         sigma = spec.noise * RANGE
         target = target + rng.normal(0.0, sigma, target.shape).astype(np.float32)
@@ -434,7 +446,9 @@ def make_case(photo: Photo, tier: str, h: int, w: int, rng: np.random.Generator,
                 source=np.ascontiguousarray(source, dtype=np.float32), matrix=m,
                 theta_deg=float(theta_deg), shift=(float(shift[0]), float(shift[1])),
                 gain=gain, bias=bias, photo=photo.name, related=target_photo is None,
-                target_photo="" if target_photo is None else target_photo.name)
+                target_photo="" if target_photo is None else target_photo.name,
+                offset=(int(ox), int(oy)) if target_photo is None else None, scene=photo,
+                noise=float(sigma))
 
 
 def _partner(index: int, n: int) -> int:
