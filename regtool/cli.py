@@ -33,6 +33,7 @@ from ._version import __version__
 OPTIMIZERS = ("gauss-newton", "scaled", "gd")
 DEFAULT_OPTIMIZER = "gauss-newton"
 METRICS = ("ssd", "ncc")
+DEFAULT_METRIC = "ncc"
 
 __all__ = ["cli", "main"]
 
@@ -51,7 +52,7 @@ Examples:
   regtool align fixed.png moving.png
       writes moving_aligned.png and moving_aligned.json here
   regtool align fixed.tif moving.tif -o out/aligned.tif --params out/p.json
-  regtool align a.png b.png --metric ncc --json > params.json
+  regtool align a.png b.png --json > params.json
   regtool align a.png b.png --init 12.5,-3,7 --optimizer scaled
   regtool align a.tif b.tif --target-mask a_bar.png --source-mask b_bar.png
       leaves out what the masks paint black (e.g. a scale bar)
@@ -89,7 +90,7 @@ Conventions:
 Examples:
   regtool align target.png source.png
   regtool align target.png source.png -o out/aligned.png --params out/params.json
-  regtool align t.tif s.tif --metric ncc --levels 5 --tol 0.01 --quiet
+  regtool align t.tif s.tif --metric ssd --levels 5 --tol 0.01 --quiet
   regtool align t.png s.png --init=-4.5,10,2.5 --json
   regtool align t.png s.png --init none      # nearly aligned already: no global search
   regtool align t.png s.png --target-mask no_scale_bar.png --source-mask no_scale_bar.png
@@ -294,10 +295,16 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
         status = "yes"
     else:
         status = f"NO: {doc.get('reason') or 'unknown reason'}"
+    bars = doc.get("uncertainty") or {}
+    sig_t, sig_s = bars.get("theta_deg"), bars.get("shift")
+    theta_pm = f" ± {sig_t:.4f}" if isinstance(sig_t, int | float) else ""
+    shift_pm = (f" (± {sig_s[0]:.4f}, ± {sig_s[1]:.4f})"
+                if isinstance(sig_s, list) and len(sig_s) == 2 else "")
     lines = [
-        f"theta      {doc['theta_deg']:+.4f} deg ({doc['theta']:+.6f} rad)",
+        f"theta      {doc['theta_deg']:+.4f}{theta_pm} deg ({doc['theta']:+.6f} rad)",
         f"tx, ty     {doc['tx']:+.4f}, {doc['ty']:+.4f} px (rotation about pixel (0, 0))",
-        f"shift      {sx:+.4f}, {sy:+.4f} px (rotation about the center {cx:g}, {cy:g})",
+        f"shift      {sx:+.4f}, {sy:+.4f}{shift_pm} px (rotation about the center "
+        f"{cx:g}, {cy:g})",
         f"loss       {loss_text} ({doc['metric']}), overlap {_percent(doc.get('overlap'))}",
     ]
     match = []
@@ -309,6 +316,11 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
         match.append(f"residual {_number(doc['residual'], '.4g')} (RMS)")
     if match:
         lines.append(f"match      {', '.join(match)} over the overlap")
+    if isinstance(bars.get("endpoint_px"), int | float):
+        lines.append(f"error      {bars['endpoint_px']:.4f} px expected (mean endpoint error over "
+                     "the target; ± are 1-sigma standard errors)")
+    elif bars:
+        lines.append(f"error      no error bars: {bars.get('reason') or 'not estimated'}")
     init = doc.get("init")
     if isinstance(init, dict):
         lines.append(f"start      {_init_text(init)}")
@@ -339,9 +351,11 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
               help="Pyramid levels. Default: so the coarsest side is 24 to 47 pixels.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=DEFAULT_OPTIMIZER,
               show_default=True, help="Per-level solver.")
-@click.option("--metric", type=click.Choice(METRICS), default="ssd", show_default=True,
-              help="ssd: mean squared difference; ncc: normalized cross-correlation "
-                   "(insensitive to gain and offset).")
+@click.option("--metric", type=click.Choice(METRICS), default=DEFAULT_METRIC, show_default=True,
+              help="ncc: zero-mean normalized cross-correlation, insensitive to a gain and an "
+                   "offset between the images' intensities (exposure, bleaching, another "
+                   "camera); ssd: the plain mean squared difference, for images whose "
+                   "intensities agree (biased otherwise, and then reported as not converged).")
 @click.option("--max-iter", type=click.IntRange(min=1), metavar="N",
               help="Iteration cap per level. Default: 50 for gauss-newton, 300 otherwise.")
 @click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-3,

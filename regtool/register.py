@@ -40,7 +40,7 @@ __all__ = ["align", "Result", "LevelRecord", "OPTIMIZERS", "METRICS", "DEFAULT_O
 OPTIMIZERS = ("gauss-newton", "scaled", "gd")
 METRICS = ("ssd", "ncc")
 DEFAULT_OPTIMIZER = "gauss-newton"
-DEFAULT_METRIC = "ssd"
+DEFAULT_METRIC = "ncc"
 # Sampled source points stay this far (level pixels) inside the source's outer pixel centers.
 # Level 0 is the original image: one pixel keeps the spline away from its mirrored border.
 # Coarser levels were blurred with edge padding as well: two pixels cover that filter's reach.

@@ -118,7 +118,7 @@ def test_ssd_under_a_gain_change_says_so_instead_of_a_biased_answer():
     shape = (200, 180)
     target, source, m = make_pair(photo(0), shape, (6.0, -4.0), 8.0, noise=0.01, gain=1.3,
                                   offset=-0.1, seed=2)
-    r = regtool.align(target, source)  # ssd, the default
+    r = regtool.align(target, source, metric="ssd")
     assert not r.converged
     assert "intensities differ" in r.reason and "ncc" in r.reason
     r = regtool.align(target, source, metric="ncc")

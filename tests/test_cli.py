@@ -116,7 +116,7 @@ def test_align_defaults_write_named_outputs_and_summary(work):
     assert doc["output"] == "source_aligned.png"
     assert doc["converged"] is True and doc["reason"] is None
     assert doc["regtool_version"] == regtool.__version__
-    assert doc["optimizer"] == "gauss-newton" and doc["metric"] == "ssd"
+    assert doc["optimizer"] == "gauss-newton" and doc["metric"] == "ncc"
     m = true_matrix()
     assert abs(doc["theta_deg"] - THETA_DEG) < 0.05
     assert abs(doc["tx"] - m[0, 2]) < 0.1 and abs(doc["ty"] - m[1, 2]) < 0.1
@@ -233,6 +233,9 @@ def test_cli_names_match_the_engine():
     assert cli_module.OPTIMIZERS == register.OPTIMIZERS
     assert cli_module.METRICS == register.METRICS
     assert cli_module.DEFAULT_OPTIMIZER == register.DEFAULT_OPTIMIZER
+    assert cli_module.DEFAULT_METRIC == register.DEFAULT_METRIC
+    assert cli_module.DEFAULT_METRIC == inspect.signature(register.align).parameters[
+        "metric"].default
     assert cli_module.DEFAULT_INIT == inspect.signature(register.align).parameters["init"].default
     assert cli_module.INIT_WORDS == ("auto", "none")
     assert set(cli_module.INTERPOLATIONS) == set(resample.INTERP_ORDERS)
