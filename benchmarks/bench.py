@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bound as B  # noqa: E402
 import cases as C  # noqa: E402
 import peers as P  # noqa: E402
 
@@ -54,15 +55,22 @@ ROOT = HERE.parent
 
 #: Success threshold on the mean endpoint error.
 SUCCESS_PX = 0.5
-#: regtool's optimizers benchmarked (metric "ssd", regtool's default init), and the default
+#: regtool's optimizers benchmarked (regtool's default init): ``gd`` and ``scaled`` with metric
+#: "ssd" (baselines), ``gauss-newton`` with every default, the metric included: the default
 #: against which time is scaled.
 REGTOOL_METHODS = ("gd", "scaled", "gauss-newton")
 DEFAULT_METHOD = "gauss-newton"
-#: The default optimizer without the global initialization: measures what the search costs.
+#: The default without the global initialization (default metric): what the search costs.
 INIT_NONE_METHOD = "gauss-newton (init none)"
+#: The default optimizer with an explicit metric, whatever the library's default is.
+SSD_METHOD = "gauss-newton+ssd"
 NCC_METHOD = "gauss-newton+ncc"
+#: The metric each regtool row passes (None: none passed, the library's default).
+ROW_METRIC: dict[str, str | None] = {"gd": "ssd", "scaled": "ssd", DEFAULT_METHOD: None,
+                                     INIT_NONE_METHOD: None, SSD_METHOD: "ssd",
+                                     NCC_METHOD: "ncc"}
 PEER_METHODS = tuple(P.PEERS)
-REGTOOL_ALL = REGTOOL_METHODS + (INIT_NONE_METHOD, NCC_METHOD)
+REGTOOL_ALL = REGTOOL_METHODS + (INIT_NONE_METHOD, SSD_METHOD, NCC_METHOD)
 ALL_METHODS = REGTOOL_ALL + PEER_METHODS
 SIZES = {"251x301": (301, 251), "512": (512, 512), "1024": (1024, 1024)}
 
@@ -71,7 +79,8 @@ CLASSIC_TIERS = ("small", "medium", "gain")
 GD_TIERS = CLASSIC_TIERS
 #: The NCC metric runs where the source's intensities are changed.
 NCC_TIERS = ("gain", "hard")
-RECOMMENDED = "as recommended (ssd; ncc on gain, hard)"
+#: The recommendation before the default metric changed: ssd, and ncc where intensities change.
+OLD_RECOMMENDED = "ssd; ncc on gain, hard (the former recommendation)"
 #: ``scaled`` (slower than the default, same start) runs on the classic tiers only, to keep the
 #: whole run near 12 minutes.
 SCALED_TIERS = CLASSIC_TIERS
@@ -82,6 +91,20 @@ NEW_TIER_CASES = {"251x301": 8, "512": 8, "1024": 4}
 INIT_COST_TARGET = 1.25
 #: Target of issue 3: at most this share of regtool's successful registrations reported failed.
 FALSE_ALARM_TARGET = 0.01
+#: Targets of issue 8 for the default against the Cramer-Rao bound: median of err / bound, and
+#: mean(err^2) / mean(bound's mean square), over the successful cases of a noisy tier and size.
+BOUND_MEDIAN_TARGET = 1.2
+BOUND_MS_TARGET = 1.6
+#: Targets of issue 8 for the default's error bars (successful cases of the noisy tiers).
+CAL_RATIO_TARGET = (0.85, 1.2)  # mean of observed error / predicted endpoint_px
+CAL_OUTLIER = 2.5  # observed > this x predicted ...
+CAL_OUTLIER_TARGET = 0.05  # ... for at most this share
+CAL_Z_TARGET = (0.8, 1.25)  # spread of the z-scores about 0
+#: Targets of issue 8: the default's time over ecc-pyr's on the same case (median of the
+#: paired ratios), on the tiers TIME_TIERS.
+TIME_TIERS = CLASSIC_TIERS
+TIME_TARGETS = {"251x301": 1.0, "512x512": 0.5, "1024x1024": 0.35}
+ECC_PYR = "ecc-pyr"
 
 
 @dataclass
@@ -108,7 +131,9 @@ class Run:
     seconds: float
     failure: str | None = None
     converged: bool | None = None  # what the method claimed, when it says
-    info: dict[str, float | str | None] | None = None  # regtool: ncc, init time and start
+    info: dict[str, float | str | None] | None = None  # regtool: ncc, init, error bars
+    matrix: np.ndarray | None = None  # the 3x3 matrix found, when there is one
+    bound: B.Bound | None = None  # the case's Cramer-Rao bound (noisy related cases)
 
     @property
     def related(self) -> bool:
@@ -144,19 +169,60 @@ def regtool_init_modes() -> tuple[str, object]:
     return repr(default), ("none" if default == "auto" else None)
 
 
-def regtool_method(optimizer: str, metric: str, max_iter: int | None,
+def regtool_default_metric() -> str:
+    """regtool.align's default ``metric``, read from its signature."""
+    import inspect
+
+    import regtool
+
+    return str(inspect.signature(regtool.align).parameters["metric"].default)
+
+
+def _uncertainty_info(res: object) -> dict[str, float | str | None]:
+    """The error bars a regtool Result carries (``Result.uncertainty``), flattened.
+
+    Coded against ``getattr`` so that the bench runs before and after they exist:
+    ``unc_reason`` says why the numbers are missing when they are.
+    """
+    out: dict[str, float | str | None] = {"unc_sx": None, "unc_sy": None, "unc_theta_deg": None,
+                                          "unc_endpoint": None, "unc_reason": None}
+    if not hasattr(res, "uncertainty"):
+        out["unc_reason"] = NO_UNCERTAINTY
+        return out
+    unc = getattr(res, "uncertainty", None)
+    if unc is None:
+        out["unc_reason"] = "Result.uncertainty is None"
+        return out
+    shift = getattr(unc, "shift", None)
+    if shift is not None:
+        out["unc_sx"], out["unc_sy"] = float(shift[0]), float(shift[1])
+    for key, attr in (("unc_theta_deg", "theta_deg"), ("unc_endpoint", "endpoint_px")):
+        v = getattr(unc, attr, None)
+        out[key] = None if v is None else float(v)
+    reason = getattr(unc, "reason", None)
+    out["unc_reason"] = None if reason is None else str(reason)
+    return out
+
+
+#: ``unc_reason`` of a run whose regtool.Result has no ``uncertainty`` attribute at all.
+NO_UNCERTAINTY = "regtool.Result has no uncertainty"
+
+
+def regtool_method(optimizer: str, metric: str | None, max_iter: int | None,
                    init: object = "default") -> Method:
     """A regtool.align call as a ``(target, source) -> Reported`` method.
 
-    ``init="default"`` leaves regtool's own default in place (not passed).
+    ``metric=None`` and ``init="default"`` leave regtool's own defaults in place (not passed).
     """
     import regtool
 
-    extra = {} if isinstance(init, str) and init == "default" else {"init": init}
+    extra: dict[str, object] = {} if isinstance(init, str) and init == "default" \
+        else {"init": init}
+    if metric is not None:
+        extra["metric"] = metric
 
     def run(target: np.ndarray, source: np.ndarray) -> Reported:
-        res = regtool.align(target, source, optimizer=optimizer, metric=metric,
-                            max_iter=max_iter, **extra)
+        res = regtool.align(target, source, optimizer=optimizer, max_iter=max_iter, **extra)
         m = np.eye(3)
         m[:2] = np.asarray(res.matrix, dtype=float)[:2]
         start = getattr(res, "init", None) or {}
@@ -169,6 +235,7 @@ def regtool_method(optimizer: str, metric: str, max_iter: int | None,
         if all(k in start for k in ("tx", "ty", "theta_deg")):
             info["start"] = repr((float(start["tx"]), float(start["ty"]),
                                   float(start["theta_deg"])))
+        info.update(_uncertainty_info(res))
         return Reported(m, bool(res.converged), res.reason, info)
 
     return run
@@ -200,12 +267,13 @@ def build_methods(names: list[str], gd_max_iter: int | None) -> tuple[dict[str, 
         _, init_none = regtool_init_modes()
     for name in names:
         if name in wanted_regtool:
-            if name == NCC_METHOD:
-                out[name] = regtool_method("gauss-newton", "ncc", None)
+            metric = ROW_METRIC[name]
+            if name in (NCC_METHOD, SSD_METHOD):
+                out[name] = regtool_method("gauss-newton", metric, None)
             elif name == INIT_NONE_METHOD:
-                out[name] = regtool_method("gauss-newton", "ssd", None, init_none)
+                out[name] = regtool_method("gauss-newton", metric, None, init_none)
             else:
-                out[name] = regtool_method(name, "ssd", gd_max_iter if name == "gd" else None)
+                out[name] = regtool_method(name, metric, gd_max_iter if name == "gd" else None)
         elif name in peers:
             out[name] = peers[name]
         elif name in P.PEERS:
@@ -241,7 +309,7 @@ def time_call(method: Method, case: C.Case, name: str) -> Run:
     failure = None
     if converged is False:
         failure = f"not converged: {reason}"
-    return Run(name, case, err, dt, failure, converged, info)
+    return Run(name, case, err, dt, failure, converged, info, np.asarray(m, dtype=float))
 
 
 # --------------------------------------------------------------------------- checks
@@ -351,6 +419,7 @@ def summarize(runs: list[Run], order: list[str]) -> tuple[list[str], list[list[s
     ref = by.get(DEFAULT_METHOD)
     ref_t = _median_s(ref) if ref else None
     related = all(r.related for r in runs)
+    bounded = related and any(r.bound is not None for r in runs)
     rows: list[list[str]] = []
     for name in order:
         if name not in by:
@@ -361,10 +430,12 @@ def summarize(runs: list[Run], order: list[str]) -> tuple[list[str], list[list[s
         if related:
             ok = sum(r.ok for r in rs)
             rows.append([name, f"{ok}/{len(rs)}", _fmt_err([r.error for r in rs]),
-                         f"{1000 * t:.0f}", ratio])
+                         f"{1000 * t:.0f}", ratio] + ([_bound_cell(rs)] if bounded else []))
         else:
             rej = sum(r.rejected for r in rs)
             rows.append([name, f"{rej}/{len(rs)}", f"{1000 * t:.0f}", ratio])
+    if bounded:
+        return HEADER + ["err / bound: median / ms (failures)"], rows
     return (HEADER if related else UNRELATED_HEADER), rows
 
 
@@ -418,6 +489,9 @@ def success_summary(runs: list[Run], order: list[str]) -> tuple[list[str], list[
 
 
 def _pixels(label: str) -> int:
+    """Pixels of a size label (``"251x301"``); a pooled label (``"all sizes"``) sorts last."""
+    if "x" not in label:
+        return 1 << 62
     w, h = label.split("x")
     return int(w) * int(h)
 
@@ -456,13 +530,14 @@ def trust_summary(runs: list[Run], order: list[str]) -> tuple[list[str], list[li
     """
     rows = []
     by = _by_method([r for r in runs if r.related and r.converged is not None])
-    # The configuration the README recommends: the default ssd where the two images share
-    # their intensities, --metric ncc on the tiers that change gain and offset.
-    recommended = ([r for r in by.get("gauss-newton", []) if r.case.tier not in NCC_TIERS]
-                   + [r for r in by.get("gauss-newton+ncc", []) if r.case.tier in NCC_TIERS])
-    if recommended:
-        by[RECOMMENDED] = recommended
-        order = list(order) + [RECOMMENDED]
+    # The recommendation before the default metric changed: ssd where the two images share
+    # their intensities, --metric ncc on the tiers that change gain and offset. The
+    # recommendation now is the default itself (its row).
+    former = ([r for r in by.get(SSD_METHOD, []) if r.case.tier not in NCC_TIERS]
+              + [r for r in by.get(NCC_METHOD, []) if r.case.tier in NCC_TIERS])
+    if former and any(r.case.tier in NCC_TIERS for r in former):
+        by[OLD_RECOMMENDED] = former
+        order = list(order) + [OLD_RECOMMENDED]
     for m in order:
         rs = by.get(m)
         if not rs:
@@ -471,7 +546,8 @@ def trust_summary(runs: list[Run], order: list[str]) -> tuple[list[str], list[li
         bad = [r for r in rs if not r.ok]
         alarms = sum(r.converged is False for r in good)
         silent = sum(r.converged is True for r in bad)
-        rows.append([m, str(len(good)), f"{alarms}/{len(good)}",
+        label = f"{m} (the default: the recommendation)" if m == DEFAULT_METHOD else m
+        rows.append([label, str(len(good)), f"{alarms}/{len(good)}",
                      f"{100 * alarms / len(good):.1f}%" if good else "-",
                      f"{silent}/{len(bad)}"])
     return ["method", "successes", "false alarms", "false-alarm rate",
@@ -497,6 +573,228 @@ def init_cost_summary(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
                      f"{ratio:.2f}", "yes" if ratio <= INIT_COST_TARGET else "NO"])
     return ["size", "gauss-newton (ms)", "init none (ms)", "of which search (ms)",
             "ratio", f"<= {INIT_COST_TARGET}"], rows
+
+
+# --------------------------------------------------------------------------- the bound
+
+
+def _bound_failed(r: Run) -> bool:
+    """A failure for the bound and calibration tables: an exception or error >= 0.5 px."""
+    return not r.ok
+
+
+def bound_ratios(rs: list[Run]) -> tuple[float | None, float | None, int, int]:
+    """Median of err / bound and mean(err^2) / mean(bound's mean square) over the successes.
+
+    Only runs whose case has a bound count; failures (error >= 0.5 px or an exception) are left
+    out of both ratios and returned as a count. Returns (median ratio, mean-square ratio,
+    successes counted, failures).
+    """
+    with_bound = [r for r in rs if r.bound is not None]
+    good = [r for r in with_bound if not _bound_failed(r)]
+    fails = len(with_bound) - len(good)
+    if not good:
+        return None, None, 0, fails
+    med = statistics.median(r.error / r.bound.endpoint_px for r in good)
+    ms = (statistics.fmean(r.error ** 2 for r in good)
+          / statistics.fmean(r.bound.ms_px2 for r in good))
+    return med, ms, len(good), fails
+
+
+def _bound_cell(rs: list[Run]) -> str:
+    med, ms, _, fails = bound_ratios(rs)
+    cell = "-" if med is None else f"{med:.2f} / {ms:.2f}"
+    return cell + (f" ({fails}f)" if fails else "")
+
+
+def _noisy_cells(runs: list[Run]) -> dict[tuple[str, str], dict[str, list[Run]]]:
+    """Runs with a bound by (tier, size) and method, an ``all sizes`` cell per tier included."""
+    cells: dict[tuple[str, str], dict[str, list[Run]]] = {}
+    for r in runs:
+        if r.bound is not None:
+            for size in (_size_label(r.case), "all sizes"):
+                cells.setdefault((r.case.tier, size), {}).setdefault(r.method, []).append(r)
+    sizes_per_tier: dict[str, int] = {}
+    for tier, size in cells:
+        if size != "all sizes":
+            sizes_per_tier[tier] = sizes_per_tier.get(tier, 0) + 1
+    # "all sizes" only where it adds something
+    return {k: v for k, v in sorted(cells.items(), key=lambda kv: (
+        C.TIERS.index(kv[0][0]), _pixels(kv[0][1])))
+        if k[1] != "all sizes" or sizes_per_tier.get(k[0], 0) > 1}
+
+
+def bound_summary(runs: list[Run], order: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Every method's error over the Cramer-Rao bound, per noisy tier and size.
+
+    Cell: ``median / ms`` = median over the successful cases of err / bound, and
+    mean(err^2) / mean(bound's mean square); ``(kf)`` counts the failures left out.
+    """
+    cells = _noisy_cells(runs)
+    if not cells:
+        return [], []
+    methods = [m for m in order if any(m in c for c in cells.values())]
+    target = f"default met? (median <= {BOUND_MEDIAN_TARGET}, ms <= {BOUND_MS_TARGET})"
+    header = ["tier", "size", "cases", "bound (px, median of the cases)"]
+    for m in methods:
+        header.append(m)
+        if m == DEFAULT_METHOD:
+            header.append(target)
+    rows = []
+    for (tier, size), by in cells.items():
+        cases = {r.case.name: r.bound for rs in by.values() for r in rs}
+        row = [tier, size, str(len(cases)),
+               f"{statistics.median(b.endpoint_px for b in cases.values()):.4f}"]
+        for m in methods:
+            row.append(_bound_cell(by[m]) if m in by else "-")
+            if m == DEFAULT_METHOD:
+                med, ms, _, _ = bound_ratios(by.get(m, []))
+                row.append("-" if med is None else
+                           f"{'yes' if med <= BOUND_MEDIAN_TARGET else 'NO'} / "
+                           f"{'yes' if ms <= BOUND_MS_TARGET else 'NO'}")
+        rows.append(row)
+    return header, rows
+
+
+# --------------------------------------------------------------------------- error bars
+
+
+def _wrap_deg(d: float) -> float:
+    return (d + 180.0) % 360.0 - 180.0
+
+
+def z_scores(r: Run) -> tuple[float | None, list[float]]:
+    """Theta and shift z-scores of a run with error bars: (found - true) / predicted std.
+
+    The shift is the one about the target's center, ``M c - c`` of the found matrix ``M``.
+    """
+    info, m = r.info or {}, r.matrix
+    if m is None:
+        return None, []
+    h, w = r.case.target.shape
+    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    shift = m[:2, :2] @ c + m[:2, 2] - c
+    _, _, deg = C.matrix_params(m)
+    zt = None
+    if info.get("unc_theta_deg"):
+        zt = _wrap_deg(deg - r.case.theta_deg) / float(info["unc_theta_deg"])
+    zs = [float((shift[k] - r.case.shift[k]) / float(info[key]))
+          for k, key in enumerate(("unc_sx", "unc_sy")) if info.get(key)]
+    return zt, zs
+
+
+def _bar(r: Run) -> float:
+    return float((r.info or {})["unc_endpoint"])
+
+
+def _rms(values: list[float]) -> float:
+    return math.sqrt(statistics.fmean(v * v for v in values))
+
+
+def _in(value: float, band: tuple[float, float]) -> str:
+    return "" if band[0] <= value <= band[1] else " NO"
+
+
+def calibration_summary(runs: list[Run]) -> tuple[list[str], list[list[str]], list[str]]:
+    """The default's error bars against the observed errors, per noisy tier and size.
+
+    Only successful related cases of the noisy tiers count; failures that carried a bar are
+    counted (and listed by :func:`confident_failures`).
+    """
+    default = [r for r in runs if r.method == DEFAULT_METHOD and r.bound is not None]
+    if not default:
+        return [], [], []
+    if all((r.info or {}).get("unc_reason") == NO_UNCERTAINTY for r in default if r.info):
+        return [], [], [f"not available: {NO_UNCERTAINTY} (engine {source_state()})"]
+    cells = _noisy_cells(default)
+    header = ["tier", "size", "successes", "with a bar", "null bars",
+              f"mean err / bar ({CAL_RATIO_TARGET[0]}-{CAL_RATIO_TARGET[1]})",
+              f"err > {CAL_OUTLIER} bar (<= {100 * CAL_OUTLIER_TARGET:.0f}%)",
+              f"theta z spread ({CAL_Z_TARGET[0]}-{CAL_Z_TARGET[1]})",
+              f"shift z spread ({CAL_Z_TARGET[0]}-{CAL_Z_TARGET[1]})",
+              "bar / bound (median)", "failures with a bar"]
+    rows: list[list[str]] = []
+    reasons: dict[str, int] = {}
+    for (tier, size), by in list(cells.items()) + [(("all noisy tiers", "all sizes"),
+                                                   {DEFAULT_METHOD: default})]:
+        rs = by[DEFAULT_METHOD]
+        good = [r for r in rs if r.ok]
+        barred = [r for r in good if (r.info or {}).get("unc_endpoint")]
+        null = [r for r in good if r not in barred]
+        if size != "all sizes":
+            for r in null:
+                why = str((r.info or {}).get("unc_reason") or "no reason given")
+                why = re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "#", why)
+                reasons[why] = reasons.get(why, 0) + 1
+        bad_barred = sum(1 for r in rs if not r.ok and (r.info or {}).get("unc_endpoint"))
+        row = [tier, size, str(len(good)), str(len(barred)), str(len(null))]
+        if barred:
+            ratio = [r.error / float(r.info["unc_endpoint"]) for r in barred]
+            mean_ratio = statistics.fmean(ratio)
+            share = sum(q > CAL_OUTLIER for q in ratio) / len(ratio)
+            zt = [z for z in (z_scores(r)[0] for r in barred) if z is not None]
+            zs = [z for r in barred for z in z_scores(r)[1]]
+            row += [f"{mean_ratio:.2f}{_in(mean_ratio, CAL_RATIO_TARGET)}",
+                    f"{100 * share:.0f}%{'' if share <= CAL_OUTLIER_TARGET else ' NO'}",
+                    f"{_rms(zt):.2f}{_in(_rms(zt), CAL_Z_TARGET)} (n={len(zt)})" if zt else "-",
+                    f"{_rms(zs):.2f}{_in(_rms(zs), CAL_Z_TARGET)} (n={len(zs)})" if zs else "-",
+                    f"{statistics.median(_bar(r) / r.bound.endpoint_px for r in barred):.2f}"]
+        else:
+            row += ["-"] * 5
+        rows.append(row + [str(bad_barred)])
+    notes = [f"null bars: {n} x {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    return header, rows, notes
+
+
+def confident_failures(runs: list[Run]) -> list[str]:
+    """Failures of the default (error >= 0.5 px) that carried an error bar: confident and wrong."""
+    out = []
+    for r in runs:
+        if (r.method == DEFAULT_METHOD and r.related and not r.ok
+                and (r.info or {}).get("unc_endpoint")):
+            out.append(f"- {r.case.describe()}: {_describe_run(r)}, bar "
+                       f"{float(r.info['unc_endpoint']):.4f} px")
+    return out
+
+
+# --------------------------------------------------------------------------- time vs ecc-pyr
+
+
+def time_vs_ecc_summary(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    """Per size, on TIME_TIERS: the default's time over ecc-pyr's, paired per case."""
+    pairs: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    by_case: dict[str, dict[str, Run]] = {}
+    for r in runs:
+        if r.case.tier in TIME_TIERS and r.method in (DEFAULT_METHOD, ECC_PYR):
+            by_case.setdefault(r.case.name, {})[r.method] = r
+    for rs in by_case.values():
+        if DEFAULT_METHOD in rs and ECC_PYR in rs:
+            d, e = rs[DEFAULT_METHOD], rs[ECC_PYR]
+            pairs.setdefault(_size_label(d.case), {}).setdefault(d.case.tier, []).append(
+                (d.seconds, e.seconds))
+    if not pairs:
+        return [], []
+    tiers = [t for t in TIME_TIERS if any(t in p for p in pairs.values())]
+    header = (["size", "pairs", "default (ms)", "ecc-pyr (ms)", "median of paired ratios",
+               "ratio of medians"] + [f"{t}: median ratio" for t in tiers]
+              + ["target", "met (median of paired ratios)"])
+    rows = []
+    for size in sorted(pairs, key=_pixels):
+        every = [p for t in tiers for p in pairs[size].get(t, [])]
+        ratios = [a / b for a, b in every]
+        med = statistics.median(ratios)
+        mine = statistics.median(a for a, _ in every)
+        theirs = statistics.median(b for _, b in every)
+        target = TIME_TARGETS.get(size)
+        row = [size, str(len(every)), f"{1000 * mine:.1f}", f"{1000 * theirs:.1f}",
+               f"{med:.2f}", f"{mine / theirs:.2f}"]
+        for t in tiers:
+            tp = pairs[size].get(t, [])
+            row.append(f"{statistics.median(a / b for a, b in tp):.2f}" if tp else "-")
+        row += ["-" if target is None else f"<= {target}",
+                "-" if target is None else ("met" if med <= target else "NO")]
+        rows.append(row)
+    return header, rows
 
 
 # --------------------------------------------------------------------------- environment
@@ -568,6 +866,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="skip scaling.py (time and memory from 256^2 to 8192^2, several "
                         "minutes), which otherwise runs after the report is written and adds "
                         "its Scaling section; it never runs with --out -")
+    p.add_argument("--no-command", action="store_true",
+                   help="skip command.py (the large-image command benchmark, when it exists), "
+                        "which otherwise runs after scaling.py and adds its own section; it "
+                        "never runs with --out -")
     return p.parse_args(argv)
 
 
@@ -612,7 +914,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(n in REGTOOL_ALL for n in methods):
         default_init, none_value = regtool_init_modes()
         init_note = (f"regtool's default init = {default_init} (used by every regtool row but "
-                     f"`{INIT_NONE_METHOD}`, which passes init={none_value!r})")
+                     f"`{INIT_NONE_METHOD}`, which passes init={none_value!r}); default metric "
+                     f"= {regtool_default_metric()!r} (used by `{DEFAULT_METHOD}` and "
+                     f"`{INIT_NONE_METHOD}`, which pass none; `gd` and `scaled` pass 'ssd', "
+                     f"`{SSD_METHOD}` 'ssd', `{NCC_METHOD}` 'ncc')")
         print(init_note)
 
     photos = C.load_photos()
@@ -625,6 +930,7 @@ def main(argv: list[str] | None = None) -> int:
     all_runs: list[Run] = []
     upsampled: dict[str, set[str]] = {}
     order = [n for n in ALL_METHODS if n in methods]
+    bound_s, bound_n = 0.0, 0
     for s in sizes:
         for tier in tiers:
             t_tier = time.perf_counter()
@@ -634,11 +940,17 @@ def main(argv: list[str] | None = None) -> int:
                 for name in (c.photo, c.target_photo):
                     if re.search(r"x\d+$", name):
                         upsampled.setdefault(f"{s} {tier}", set()).add(name)
+            t_bound = time.perf_counter()
+            bounds = {c.name: B.case_bound(c) for c in tier_cases}
+            bound_s += time.perf_counter() - t_bound
+            bound_n += sum(b is not None for b in bounds.values())
             runs: list[Run] = []
             for i, case in enumerate(tier_cases):
                 for name, fn in methods.items():
                     if runs_method(name, tier, i, args.gd_cases):
-                        runs.append(time_call(fn, case, name))
+                        run = time_call(fn, case, name)
+                        run.bound = bounds[case.name]
+                        runs.append(run)
             all_runs += runs
             header, rows = summarize(runs, order)
             h, w = SIZES[s]
@@ -650,11 +962,17 @@ def main(argv: list[str] | None = None) -> int:
     cli = "CLI: skipped (--no-cli)" if args.no_cli else cli_timing(photos)
     print("\n" + cli)
     summaries = summary_tables(all_runs, order)
-    for title, header, rows in summaries:
-        if rows:
-            print(f"\n== {title}\n{text_table(rows, header)}")
+    for title, header, rows, extra in summaries:
+        if rows or extra:
+            print(f"\n== {title}")
+            if rows:
+                print(text_table(rows, header))
+            for line in extra:
+                print(line)
     elapsed = time.perf_counter() - t_start
-    print(f"\ntotal bench time {elapsed / 60:.1f} min")
+    bound_note = (f"Cramer-Rao bounds of {bound_n} noisy cases computed in {bound_s:.1f} s "
+                  "(outside every timing)")
+    print(f"\n{bound_note}\ntotal bench time {elapsed / 60:.1f} min")
 
     if args.csv is not None:
         write_csv(args.csv, all_runs)
@@ -666,7 +984,7 @@ def main(argv: list[str] | None = None) -> int:
                        "RUN, so rows mix versions")
         print("warning:", state_note)
     if str(args.out) != "-":
-        notes = [n for n in (state_note, note, init_note) if n]
+        notes = [n for n in (state_note, note, init_note, bound_note) if n]
         write_report(args, sections, summaries, checks, cli, elapsed, all_runs, threads,
                      photo_note, upsampled, notes)
         print(f"wrote {args.out}")
@@ -679,14 +997,30 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # the accuracy report is already written: keep it
             print(f"warning: scaling.py failed ({type(exc).__name__}: {exc}); "
                   "run `make bench-scaling` for the Scaling section")
+    # ---- command.py (when it exists): the large-image command benchmark, its own section
+    if str(args.out) != "-" and not args.no_command and (HERE / "command.py").exists():
+        try:
+            import command
+
+            command.main(["--results", str(args.out)])
+        except Exception as exc:  # the accuracy report is already written: keep it
+            print(f"warning: command.py failed ({type(exc).__name__}: {exc}); "
+                  "run benchmarks/command.py for its section")
     return 0
 
 
-def summary_tables(runs: list[Run], order: list[str]
-                   ) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of every summary table."""
+Summary = tuple[str, list[str], list[list[str]], list[str]]
+
+
+def summary_tables(runs: list[Run], order: list[str]) -> list[Summary]:
+    """(title, header, rows, notes) of every summary table."""
     regtool_rows = [m for m in order if m in REGTOOL_ALL]
-    return [
+    tables: list[tuple[str, list[str], list[list[str]]] | Summary] = [
+        ("Error over the Cramer-Rao bound, per noisy tier and size (cells \"median / ms\": "
+         "the median over the successful cases of err / bound, and mean(err^2) / mean(the "
+         "bound's mean square) over the same cases; (kf): k failures, err >= 0.5 px or an "
+         "exception, left out of both)",
+         *bound_summary(runs, order)),
         ("Success rate (error < 0.5 px) per tier and size", *success_summary(runs, order)),
         ("Unrelated pairs reported as failures (regtool: converged=False; peers: an exception)",
          *unrelated_summary(runs, order)),
@@ -695,7 +1029,12 @@ def summary_tables(runs: list[Run], order: list[str]
          *trust_summary(runs, regtool_rows)),
         (f"Cost of init='auto': median time on the small tier (target ratio <= "
          f"{INIT_COST_TARGET})", *init_cost_summary(runs)),
+        ("Calibration of the default's error bars (Result.uncertainty; successful cases of "
+         "the noisy tiers)", *calibration_summary(runs)),
+        (f"Time of the default against {ECC_PYR} (same run; tiers {', '.join(TIME_TIERS)}, "
+         "paired per case)", *time_vs_ecc_summary(runs)),
     ]
+    return [t if len(t) == 4 else (*t, []) for t in tables]  # type: ignore[misc]
 
 
 def write_csv(path: Path, runs: list[Run]) -> None:
@@ -710,7 +1049,9 @@ def write_csv(path: Path, runs: list[Run]) -> None:
         out = csv.writer(fh)
         out.writerow(["case", "tier", "photo", "target_photo", "theta_deg", "shift_x", "shift_y",
                       "gain", "bias", "method", "error_px", "time_ms", "converged", "failure",
-                      "ncc", "residual", "init", "init_ms", "start_error_px"])
+                      "ncc", "residual", "init", "init_ms", "start_error_px", "bound_px",
+                      "bound_rms_px", "unc_endpoint_px", "unc_sx_px", "unc_sy_px",
+                      "unc_theta_deg", "unc_reason"])
         for r in runs:
             c = r.case
             out.writerow([c.name, c.tier, c.photo, c.target_photo or c.photo,
@@ -720,7 +1061,12 @@ def write_csv(path: Path, runs: list[Run]) -> None:
                           "" if r.converged is None else int(r.converged), r.failure or "",
                           num(r.info, "ncc"), num(r.info, "residual"),
                           (r.info or {}).get("init") or "", num(r.info, "init_s", 1000.0),
-                          num(r.info, "start_err")])
+                          num(r.info, "start_err"),
+                          "" if r.bound is None else f"{r.bound.endpoint_px:.6g}",
+                          "" if r.bound is None else f"{math.sqrt(r.bound.ms_px2):.6g}",
+                          num(r.info, "unc_endpoint"), num(r.info, "unc_sx"),
+                          num(r.info, "unc_sy"), num(r.info, "unc_theta_deg"),
+                          (r.info or {}).get("unc_reason") or ""])
 
 
 def _describe_run(r: Run) -> str:
@@ -760,7 +1106,7 @@ def _discrepancies(runs: list[Run]) -> list[str]:
 
 
 def write_report(args: argparse.Namespace, sections: list[str],
-                 summaries: list[tuple[str, list[str], list[list[str]]]], checks: list[str],
+                 summaries: list[Summary], checks: list[str],
                  cli: str, elapsed: float, runs: list[Run], threads: dict[str, str],
                  photo_note: str, upsampled: dict[str, set[str]], notes: list[str]) -> None:
     """Write RESULTS.md."""
@@ -794,15 +1140,18 @@ def write_report(args: argparse.Namespace, sections: list[str],
         f"of the tiers {', '.join(GD_TIERS)}"
         + (f", max_iter={args.gd_max_iter}" if args.gd_max_iter else "")
         + f"; scaled on the tiers {', '.join(SCALED_TIERS)}"
-        + f"; gauss-newton+ncc on the tiers {', '.join(NCC_TIERS)}",
+        + f"; {NCC_METHOD} on the tiers {', '.join(NCC_TIERS)}; {SSD_METHOD} on every tier",
         f"- success: mean endpoint error < {SUCCESS_PX} px; a failure (exception) counts as "
         "an infinite error; time is the median per call including failed calls",
     ]
     parts += [f"- note: {n}" for n in notes]
     parts += ["", "## Summary", ""]
-    for title, header, rows in summaries:
-        if rows:
-            parts += [f"### {title}", "", markdown_table(rows, header), ""]
+    for title, header, rows, extra in summaries:
+        if rows or extra:
+            parts += [f"### {title}", ""]
+            if rows:
+                parts += [markdown_table(rows, header), ""]
+            parts += [f"- {line}" for line in extra] + ([""] if extra else [])
     parts += ["## Self-checks", "", "```", *checks, "```", "", "## Command line", "",
               cli, "", "## Accuracy and speed", "", *sections]
     default_bad = [r for r in runs if r.method == DEFAULT_METHOD and r.related and not r.ok]
@@ -817,6 +1166,12 @@ def write_report(args: argparse.Namespace, sections: list[str],
     parts += ["", "## Reported converged but wrong (error >= 0.5 px)", ""]
     parts += [f"- {r.method} on {r.case.describe()}: {_describe_run(r)}" for r in silent] \
         or ["None."]
+    confident = confident_failures(runs)
+    parts += ["", "## Failures of the default that carried an error bar (confident and wrong)",
+              ""]
+    parts += confident or ["None." if any(
+        (r.info or {}).get("unc_reason") != NO_UNCERTAINTY for r in runs
+        if r.method == DEFAULT_METHOD and r.info) else "Not available (no error bars)."]
     alarms = [r for r in runs if r.ok and r.converged is False]
     parts += ["", "## False alarms (error < 0.5 px but reported converged=False)", ""]
     parts += [f"- {r.method} on {r.case.describe()}: {_describe_run(r)}" for r in alarms] \
