@@ -269,3 +269,17 @@ def test_mask_shape_and_coverage_are_checked():
     with pytest.raises(regtool.InputError, match="usable pixels") as info:
         regtool.align(img, img, target_mask=np.zeros((64, 64), bool))
     assert info.value.which == "target"
+
+
+def test_the_default_handles_a_gain_and_an_offset():
+    # Another exposure, bleaching, another camera: no option needed.
+    for i, (gain, offset) in enumerate(((0.6, 0.15), (1.4, -0.2), (0.8, -0.1))):
+        shape = (176, 192)
+        target, source, m = make_pair(photo(i), shape, (7.0, -5.0), 9.0 - 6 * i, noise=0.02,
+                                      gain=gain, offset=offset, seed=30 + i)
+        r = regtool.align(target, source)
+        assert r.converged, r.reason
+        # well inside a pixel, and within what its own error bar allows (retina is smooth)
+        err = endpoint_error(m, r.matrix, shape)
+        assert err < 0.1 and err < 3 * r.uncertainty.endpoint_px, (err, r.uncertainty)
+        assert r.metric == "ncc"

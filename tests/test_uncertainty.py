@@ -1,0 +1,102 @@
+"""Error bars: the closed-form mean endpoint error, calibration against ground truth, nulls."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from synth import endpoint_error, make_pair, photo
+
+import regtool
+from regtool import uncertainty as U
+from regtool.transform import center_params
+
+
+def test_mean_endpoint_matches_monte_carlo():
+    rng = np.random.default_rng(1)
+    shape = (60, 90)
+    a = rng.normal(size=(3, 3)) * [[0.02], [0.03], [0.0004]]
+    cov = a @ a.T
+    draws = rng.multivariate_normal(np.zeros(3), cov, size=40000)
+    # the same 21 x 21 grid the function averages over, corners included
+    xs, ys = np.meshgrid(np.linspace(0, shape[1] - 1, 21), np.linspace(0, shape[0] - 1, 21))
+    x = xs.ravel() - (shape[1] - 1) / 2
+    y = ys.ravel() - (shape[0] - 1) / 2
+    dx = draws[:, :1] - draws[:, 2:] * y
+    dy = draws[:, 1:2] + draws[:, 2:] * x
+    monte_carlo = float(np.hypot(dx, dy).mean())
+    assert U.mean_endpoint(cov, shape, grid=21) == pytest.approx(monte_carlo, rel=0.01)
+    # isotropic translation only: the Rayleigh mean sigma * sqrt(pi / 2)
+    iso = np.diag([0.01, 0.01, 0.0])
+    assert U.mean_endpoint(iso, shape) == pytest.approx(0.1 * math.sqrt(math.pi / 2), rel=1e-9)
+
+
+def _textured(shape, seed):
+    rng = np.random.default_rng(seed)
+    big = (shape[0] + 80, shape[1] + 80)
+    img = sum(w * ndimage.gaussian_filter(rng.standard_normal(big), s)
+              for s, w in ((1.5, 0.5), (4.0, 1.0), (12.0, 2.0)))
+    return (img - img.min()) / (img.max() - img.min())
+
+
+def test_error_bars_are_calibrated_on_noisy_pairs():
+    # Both images noisy, a gain and an offset between them: the bars must describe the errors
+    # that actually occur (ratio observed / predicted near 1, unit z-scores), seeded.
+    ratios, z_theta, z_shift = [], [], []
+    shape = (120, 136)
+    for i in range(16):
+        rng = np.random.default_rng(100 + i)
+        image = _textured(shape, i)
+        shift = tuple(rng.uniform(-6, 6, 2))
+        deg = float(rng.uniform(-8, 8))
+        target, source, m = make_pair(image, shape, shift, deg, noise=0.04,
+                                      gain=float(rng.uniform(0.7, 1.3)),
+                                      offset=float(rng.uniform(-0.1, 0.1)), seed=200 + i)
+        r = regtool.align(target, source)
+        assert r.converged, r.reason
+        u = r.uncertainty
+        assert u is not None and u.endpoint_px is not None, u
+        ratios.append(endpoint_error(m, r.matrix, shape) / u.endpoint_px)
+        z_theta.append((r.theta_deg - deg) / u.theta_deg)
+        sx, sy, _ = center_params(np.vstack([r.matrix, [0, 0, 1]]), r.center)
+        z_shift += [(sx - shift[0]) / u.shift[0], (sy - shift[1]) / u.shift[1]]
+    assert 0.7 <= np.mean(ratios) <= 1.4, ratios
+    assert max(ratios) < 4.0, ratios
+    assert 0.6 <= np.std(z_theta) <= 1.5, z_theta
+    assert 0.6 <= np.std(z_shift) <= 1.5, z_shift
+
+
+def test_bars_shrink_with_the_noise():
+    shape = (128, 128)
+    bars = []
+    for noise in (0.01, 0.04):
+        target, source, _ = make_pair(photo(0), shape, (3.0, -2.0), 4.0, noise=noise, seed=3)
+        bars.append(regtool.align(target, source).uncertainty.endpoint_px)
+    assert 2.0 < bars[1] / bars[0] < 8.0, bars
+
+
+def test_flat_noise_pair_has_no_error_bars_and_says_why():
+    rng = np.random.default_rng(5)
+    target = 0.5 + 0.05 * rng.standard_normal((96, 112))
+    source = 0.5 + 0.05 * rng.standard_normal((96, 112))
+    r = regtool.align(target, source)
+    assert not r.converged
+    u = r.uncertainty
+    assert u.shift is None and u.theta_deg is None and u.endpoint_px is None
+    assert u.reason and "did not" in u.reason
+    doc = r.to_dict()["uncertainty"]
+    assert doc == {"shift": None, "theta_deg": None, "endpoint_px": None, "reason": u.reason}
+
+
+def test_uncertainty_in_the_json_document():
+    target, source, _ = make_pair(photo(1), (128, 144), (2.0, 1.0), -3.0, noise=0.02, seed=4)
+    doc = regtool.align(target, source).to_dict()["uncertainty"]
+    assert doc["reason"] is None
+    assert len(doc["shift"]) == 2 and all(0 < s < 0.1 for s in doc["shift"])
+    assert 0 < doc["theta_deg"] < 0.1 and 0 < doc["endpoint_px"] < 0.1
+
+
+def test_too_much_predicted_error_is_not_reported_as_a_number():
+    cov = np.diag([4.0, 4.0, 1e-6])
+    u = U._from_covariance(cov, np.eye(3), (64, 64))
+    assert u.endpoint_px is None and "too little signal" in u.reason
