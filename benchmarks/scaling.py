@@ -73,6 +73,13 @@ SHIFT_FRAC = 0.02
 PAIRS_VERSION = 1
 DEFAULT_PAIRS = Path(tempfile.gettempdir()) / f"regtool-scaling-v{PAIRS_VERSION}"
 WARMUP_SIDE = 128
+#: The noisy pair (issue 8): its side (0: none), noise (fraction of the range, as the bench's
+#: medium tier), noise draws, random-stream id of the noise, success threshold (px).
+NOISY_SIDE = 2048
+NOISY_SIGMA = 0.02
+NOISY_DRAWS = 4
+NOISY_STREAM = 8
+SUCCESS_PX = 0.5
 #: With one thread a call's CPU time is about its wall time (page faults count as CPU); a call
 #: that got much less CPU than wall time was waiting for the CPU (other load on the machine).
 CPU_SHARE_WARN = 0.85
@@ -140,12 +147,13 @@ def mosaic(photos: list[Any], side: int, rng: np.random.Generator) -> tuple[np.n
     return acc, n * n
 
 
-def make_pair(photos: list[Any], n: int, seed: int) -> tuple[np.ndarray, np.ndarray,
-                                                              np.ndarray, dict[str, Any]]:
-    """Target, source (uint8, ``n x n``), the true 3x3 target->source matrix, and a summary.
+def _scene_pair(photos: list[Any], n: int, seed: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Float32 target, source (``n x n``) and their scene's spline coefficients; the true
+    3x3 matrix; a summary (``offset``: the target's integer crop offset (x, y) in the scene).
 
     ``target[y, x] = P(o + (x, y))`` and ``source(x') = P(o + M^-1 x')`` (cubic spline of the
-    mosaic P), so ``source(M x) = target(x)``; both are then rounded to 8 bits.
+    mosaic P), so ``source(M x) = target(x)``.
     """
     from scipy import ndimage
 
@@ -164,7 +172,7 @@ def make_pair(photos: list[Any], n: int, seed: int) -> tuple[np.ndarray, np.ndar
     # Every source pixel's pre-image and the whole target crop lie at least 3 px inside.
     o = np.floor((side - 1 - (hi + lo)) / 2.0)
     assert np.all(o + lo >= 3) and np.all(o + hi <= side - 4), (o, lo, hi, side)
-    target = scene[int(o[1]):int(o[1]) + n, int(o[0]):int(o[0]) + n]
+    target = np.array(scene[int(o[1]):int(o[1]) + n, int(o[0]):int(o[0]) + n])
     coeffs = ndimage.spline_filter(scene, order=3, output=np.float32, mode="mirror")
     del scene
     to_scene = minv.copy()
@@ -172,19 +180,36 @@ def make_pair(photos: list[Any], n: int, seed: int) -> tuple[np.ndarray, np.ndar
     rc, off = _ndimage_affine(to_scene)
     source = ndimage.affine_transform(coeffs, rc, offset=off, output_shape=(n, n), order=3,
                                       prefilter=False, output=np.float32, mode="mirror")
-    del coeffs
-    t8 = np.clip(np.rint(target), 0, 255).astype(np.uint8)
-    s8 = np.clip(np.rint(source), 0, 255).astype(np.uint8)
     info = {"n": n, "theta_deg": theta_deg, "shift": list(shift),
             "matrix": m.tolist(), "scene_side": side, "tiles": tiles, "seed": seed,
-            "version": PAIRS_VERSION}
+            "version": PAIRS_VERSION, "offset": [int(o[0]), int(o[1])]}
+    return target, source, coeffs, m, info
+
+
+def make_pair(photos: list[Any], n: int, seed: int) -> tuple[np.ndarray, np.ndarray,
+                                                              np.ndarray, dict[str, Any]]:
+    """Target, source (uint8, ``n x n``), the true 3x3 target->source matrix, and a summary.
+
+    The pair of :func:`_scene_pair`, rounded to 8 bits.
+    """
+    target, source, coeffs, m, info = _scene_pair(photos, n, seed)
+    del coeffs
+    info.pop("offset")
+    t8 = np.clip(np.rint(target), 0, 255).astype(np.uint8)
+    s8 = np.clip(np.rint(source), 0, 255).astype(np.uint8)
     return t8, s8, m, info
+
+
+def _mosaic_photos() -> list[Any]:
+    """The sample photographs large enough for a mosaic tile."""
+    import cases as C
+
+    return [p for p in C.load_photos() if min(p.image.shape) >= TILE]
 
 
 def ensure_pairs(sizes: list[int], folder: Path, seed: int = 0, log: Any = print
                  ) -> dict[int, dict[str, Any]]:
     """Write (or reuse) ``target_N.png``, ``source_N.png`` and ``pair_N.json`` per size."""
-    import cases as C
     import imageio.v3 as iio
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -203,7 +228,7 @@ def ensure_pairs(sizes: list[int], folder: Path, seed: int = 0, log: Any = print
                 meta = None
         if meta is None:
             if photos is None:
-                photos = [p for p in C.load_photos() if min(p.image.shape) >= TILE]
+                photos = _mosaic_photos()
             t0 = time.perf_counter()
             t8, s8, _, meta = make_pair(photos, n, seed)
             iio.imwrite(tgt, t8)
@@ -217,6 +242,81 @@ def ensure_pairs(sizes: list[int], folder: Path, seed: int = 0, log: Any = print
         meta["target"], meta["source"] = str(tgt), str(src)
         out[n] = meta
     return out
+
+
+# --------------------------------------------------------------------------- noisy pair
+
+
+def noisy_bound_runs(n: int, seed: int, draws: int = NOISY_DRAWS, log: Any = print
+                     ) -> dict[str, Any]:
+    """regtool's default on the size-``n`` pair made noisy, against its Cramer-Rao bound.
+
+    The pair is the scaling pair's scene and geometry (same seed) before 8-bit rounding, as
+    float32, with independent Gaussian noise of NOISY_SIGMA of the range on the target and on
+    the source (``draws`` noise draws on the same pair). The bound (bound.py) takes its gradient
+    from the scene's own spline coefficients, the model the source was sampled from, and the
+    target is a plain crop of the scene at an integer offset, as in cases.py.
+    """
+    import bound as B
+    import cases as C
+
+    import regtool
+
+    t0 = time.perf_counter()
+    target, source, coeffs, m, info = _scene_pair(_mosaic_photos(), n, seed)
+    sigma = NOISY_SIGMA * C.RANGE
+    bnd = B.bound(coeffs, tuple(info["offset"]), m, (n, n), (n, n), sigma, sigma)
+    del coeffs
+    made_s = time.perf_counter() - t0
+    rows = []
+    for k in range(draws):
+        rng = np.random.default_rng([seed, n, NOISY_STREAM, k])
+        t = target + rng.normal(0.0, sigma, target.shape).astype(np.float32)
+        s = source + rng.normal(0.0, sigma, source.shape).astype(np.float32)
+        c0 = time.perf_counter()
+        try:
+            res = regtool.align(t, s)
+        except Exception as exc:  # a failure is a result
+            rows.append({"draw": k, "error": None, "failure": f"{type(exc).__name__}: {exc}"})
+            continue
+        dt = time.perf_counter() - c0
+        found = np.vstack([np.asarray(res.matrix, dtype=float)[:2], [0.0, 0.0, 1.0]])
+        unc = getattr(res, "uncertainty", None)
+        bar = getattr(unc, "endpoint_px", None) if unc is not None else None
+        rows.append({"draw": k, "error": C.endpoint_error(m, found, (n, n)), "time_s": dt,
+                     "converged": bool(res.converged), "bar": bar})
+    log(f"noisy {n}x{n}: pair and bound in {made_s:.1f} s, {draws} draws in "
+        f"{time.perf_counter() - t0 - made_s:.1f} s")
+    return {"n": n, "sigma": sigma, "bound": bnd, "rows": rows,
+            "theta_deg": info["theta_deg"], "shift": info["shift"]}
+
+
+def noisy_table(noisy: dict[str, Any]) -> tuple[str, str]:
+    """(title, markdown) of the noisy pair's errors against its bound."""
+    bnd, n = noisy["bound"], noisy["n"]
+    rows = []
+    good = []
+    for r in noisy["rows"]:
+        if r["error"] is None:
+            rows.append([str(r["draw"]), "fail", "-", "-", "-", "-", r["failure"][:80]])
+            continue
+        ok = r["error"] < SUCCESS_PX
+        if ok:
+            good.append(r["error"])
+        rows.append([str(r["draw"]), f"{r['error']:.5f}", f"{r['error'] / bnd.endpoint_px:.2f}",
+                     "-" if r["bar"] is None else f"{r['bar']:.5f}", _ms(r["time_s"]),
+                     "yes" if r["converged"] else "no", "" if ok else "failure (>= 0.5 px)"])
+    if good:
+        rows.append(["all", f"{statistics.median(good):.5f} (median)",
+                     f"{statistics.median(e / bnd.endpoint_px for e in good):.2f} / "
+                     f"{statistics.fmean(e * e for e in good) / bnd.ms_px2:.2f}",
+                     "", "", "", "median / mean-square ratio over the successes"])
+    title = (f"Noisy {n}x{n} pair against the Cramer-Rao bound (regtool defaults; noise "
+             f"{100 * NOISY_SIGMA:.0f}% of the range = {noisy['sigma']:.2f} grey levels on both "
+             f"images; bound {bnd.endpoint_px:.5f} px, its RMS {math.sqrt(bnd.ms_px2):.5f} px, "
+             f"overlap {100 * bnd.overlap:.0f}%)")
+    return title, _md(rows, ["noise draw", "error (px)", "err / bound", "error bar (px)",
+                             "time (ms)", "converged", "notes"], left=(0, 6))
 
 
 # --------------------------------------------------------------------------- memory
@@ -644,10 +744,11 @@ def header_lines(args: argparse.Namespace, pairs: dict[int, dict[str, Any]],
 
 
 def report(args: argparse.Namespace, pairs: dict[int, dict[str, Any]],
-           results: list[dict[str, Any]], elapsed: float, level: str = "##") -> str:
+           results: list[dict[str, Any]], elapsed: float, level: str = "##",
+           extra: list[tuple[str, str]] | None = None) -> str:
     """The markdown body: header lines and the tables, headings at ``level`` + '#'."""
     parts = header_lines(args, pairs, elapsed) + [""]
-    for title, table in tables(results):
+    for title, table in tables(results) + (extra or []):
         parts += [f"{level}# {title}", "", table, ""]
     return "\n".join(parts)
 
@@ -684,6 +785,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="threads everywhere (default 1)")
     p.add_argument("--seed", type=int, default=0, help="pair seed (default 0)")
+    p.add_argument("--noisy", type=int, default=NOISY_SIDE,
+                   help="side of the noisy pair whose error is compared with its Cramer-Rao "
+                        "bound (regtool only, in this process; 0: none; default %(default)s)")
     p.add_argument("--pairs", type=Path, default=DEFAULT_PAIRS,
                    help="folder for the PNG pairs, reused across runs (default %(default)s)")
     p.add_argument("--out", type=Path, default=HERE / "SCALING.md",
@@ -722,18 +826,26 @@ def main(argv: list[str] | None = None) -> int:
                          log=lambda s: print(s, flush=True))
     results = run_all(pairs, methods, args.cap, args.threads,
                       log=lambda s: print(s, flush=True))
+    extra: list[tuple[str, str]] = []
+    if args.noisy:
+        try:
+            extra.append(noisy_table(noisy_bound_runs(args.noisy, args.seed,
+                                                      log=lambda s: print(s, flush=True))))
+        except Exception as exc:  # keep the scaling tables
+            extra.append((f"Noisy {args.noisy}x{args.noisy} pair against the Cramer-Rao bound",
+                          f"failed: {type(exc).__name__}: {exc}"))
     elapsed = time.perf_counter() - t_start
-    for title, table in tables(results):
+    for title, table in tables(results) + extra:
         print(f"\n== {title}\n{table}")
     print(f"\nscaling: {elapsed / 60:.1f} min")
     if str(args.out) != "-":
         args.out.write_text("# regtool scaling and memory\n\n"
-                            + report(args, pairs, results, elapsed, level="#"))
+                            + report(args, pairs, results, elapsed, level="#", extra=extra))
         print(f"wrote {args.out}")
     if str(args.results) != "-":
         replace_section(args.results, "Scaling",
                         "Written by benchmarks/scaling.py (also in SCALING.md).\n\n"
-                        + report(args, pairs, results, elapsed, level="##"))
+                        + report(args, pairs, results, elapsed, level="##", extra=extra))
         print(f"wrote the Scaling section of {args.results}")
     return 0
 
