@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from . import ambiguity, pyramid
 from . import init as global_init
 from . import loss as L
-from . import pyramid
 from . import quality as Q
 from . import uncertainty as U
 from .errors import InputError
@@ -186,17 +186,25 @@ def _descend(pyr: _Pyramids, schedule: list[int], m: np.ndarray, prepared: dict[
 
 
 def _error_bars(descent: _Descent, m: np.ndarray, metric: str, converged: bool,
-                init_info: dict[str, Any]) -> U.Uncertainty:
-    """The error bars of a result, or why there are none."""
+                pyr: _Pyramids, k: int, level: L.LevelImages | None, min_overlap: float
+                ) -> U.Uncertainty:
+    """The error bars of a result, or why there are none.
+
+    ``k`` is the coarse level where rival matches are looked for (the search level) and
+    ``level`` its data when the search prepared it.
+    """
     if not converged:
         return U.Uncertainty.unavailable("the registration did not converge or did not match")
     if descent.finest is None:
         return U.Uncertainty.unavailable("the finest level did not run")
-    rival = init_info.get("rival")
-    if rival:
+    if level is None:
+        level = pyr.level(k, MARGIN_COARSE)
+    other = ambiguity.rival(level, pyr.f[k], pyr.fm[k], to_level(m, k), min_overlap)
+    if other is not None:
         return U.Uncertainty.unavailable(
-            f"another match almost as good lies {rival['distance_px']:.1f} px away (a periodic "
-            "or repeated texture?): the error is not a small one around this answer")
+            f"another match almost as good lies {other['distance_px'] * 2 ** k:.1f} px away "
+            "(a periodic or repeated texture): the answer may be that far off, which no "
+            "error bar around it describes")
     return U.estimate(descent.finest, m, image_center(descent.finest.shape), metric)
 
 
@@ -294,12 +302,15 @@ def align(
     m, init_info = _plain_start(f, g, init)
     auto = isinstance(init, str) and init == "auto"
     k_search = pyramid.auto_levels(f.shape, g.shape, min_side=SEARCH_SIDE) - 1
-    n_build = max(n_levels, k_search + 1) if auto else n_levels
+    # the search level is also where rival matches are looked for, with or without a search
+    n_build = max(n_levels, k_search + 1)
     pyr = _Pyramids(pyramid.build(f, n_build), pyramid.build(g, n_build),
                     pyramid.build_mask(f_mask, n_build), pyramid.build_mask(g_mask, n_build))
     prepared: dict[int, L.LevelImages] = {}
+    searched = None
     if auto:
-        m, init_info, prepared[k_search] = _search(pyr, k_search, m, min_overlap)
+        m, init_info, searched = _search(pyr, k_search, m, min_overlap)
+        prepared[k_search] = searched
     tx0, ty0, th0 = rigid_params(m)
     init_info.update(tx=tx0, ty=ty0, theta_deg=math.degrees(th0))
 
@@ -324,5 +335,6 @@ def align(
         source_shape=(int(g.shape[0]), int(g.shape[1])),
         ncc=quality.ncc, residual=quality.residual, detail_ncc=quality.detail_ncc,
         init=init_info,
-        uncertainty=_error_bars(descent, m, metric, converged, init_info),
+        uncertainty=_error_bars(descent, m, metric, converged, pyr, k_search, searched,
+                                min_overlap),
     )

@@ -100,3 +100,24 @@ def test_too_much_predicted_error_is_not_reported_as_a_number():
     cov = np.diag([4.0, 4.0, 1e-6])
     u = U._from_covariance(cov, np.eye(3), (64, 64))
     assert u.endpoint_px is None and "too little signal" in u.reason
+
+
+def test_a_periodic_texture_has_a_rival_match_and_no_error_bars():
+    # A tiling repeats every 20 px: the answer could be a period off, which no bar describes.
+    rng = np.random.default_rng(0)
+    tile = ndimage.gaussian_filter(rng.random((20, 20)), 1.5, mode="wrap")
+    scene = np.tile(tile, (16, 16))
+    shape = (192, 192)
+    target, source, _ = make_pair(scene, shape, (3.3, -2.2), 2.0, noise=0.01, seed=1)
+    r = regtool.align(target, source)
+    u = r.uncertainty
+    assert u.endpoint_px is None and u.shift is None
+    assert "another match" in u.reason and "20" in u.reason
+
+
+def test_natural_photographs_have_no_rival():
+    for which in range(3):
+        target, source, _ = make_pair(photo(which), (160, 160), (5.0, 3.0), 10.0, noise=0.02,
+                                      seed=which)
+        u = regtool.align(target, source).uncertainty
+        assert u.endpoint_px is not None, u.reason

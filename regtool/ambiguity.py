@@ -1,0 +1,108 @@
+"""Rival matches: is the answer unique, or does a repeated texture offer another almost as good?
+
+A periodic or repeated texture (bricks, tiles, a grating, a crystal lattice) matches itself
+shifted by its period. A registration of such images may land one period off, and its error
+bars, which describe the small errors around the answer it found, would then be confidently
+wrong. This module looks for such a second answer near the final one: the target's detail
+autocorrelation at a coarse level proposes the lags at which the target resembles itself, each
+lag is refined from the final answer by a few Gauss-Newton steps, and a refined transform that
+lands elsewhere with a match nearly as good is a rival.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from . import loss as L
+from .optimize import gauss_newton
+from .quality import _gaussian
+from .transform import max_displacement
+
+__all__ = ["rival", "self_similar_lags"]
+
+# Lags at which the target's band-passed autocorrelation reaches this share of its value at 0
+# are tried. Natural photographs stay below it except along long straight edges, where the
+# refinement then slides back or stays poor.
+MIN_SELF_SIMILARITY = 0.45
+# At most this many lags are refined (a ~1 ms refinement each at the coarse level).
+MAX_LAGS = 4
+# A refined rival counts when its 1 - NCC is at most this multiple of the answer's plus
+# RIVAL_SLACK, and it lies at least RIVAL_DISTANCE level pixels away (the largest
+# displacement over the image).
+RIVAL_LOSS_RATIO = 2.0
+RIVAL_SLACK = 0.01
+RIVAL_DISTANCE = 1.5
+
+
+def self_similar_lags(image: np.ndarray, valid: np.ndarray | None = None,
+                      count: int = MAX_LAGS, threshold: float = MIN_SELF_SIMILARITY
+                      ) -> list[tuple[float, float, float]]:
+    """Lags ``(dx, dy)`` at which ``image`` resembles itself, with the resemblance in (0, 1].
+
+    The resemblance is the autocorrelation of the image's detail (a difference of Gaussians,
+    sigma 1 and 3 pixels) under a Hann taper, over its value at lag 0; only local maxima
+    outside the central lobe (more than 3 pixels) and within a third of the image are kept.
+    """
+    band = _gaussian(image, 1.0) - _gaussian(image, 3.0)
+    if valid is not None:
+        band = np.where(valid, band, 0.0)
+    band = band - band.mean()
+    h, w = band.shape
+    band = band * np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
+    spec = np.fft.rfft2(band, s=(2 * h, 2 * w))
+    ac = np.fft.fftshift(np.fft.irfft2(spec * np.conj(spec), s=(2 * h, 2 * w)))
+    zero = float(ac[h, w])
+    if not zero > 0:
+        return []
+    ac /= zero
+    ys, xs = np.mgrid[-h : h, -w : w]
+    usable = (np.hypot(ys, xs) > 3.0) & (np.abs(ys) < h / 3) & (np.abs(xs) < w / 3)
+    peaks = usable & (ac == ndimage.maximum_filter(ac, size=3)) & (ac >= threshold)
+    order = np.argsort(ac[peaks])[::-1][:count]
+    return [(float(xs[peaks][i]), float(ys[peaks][i]), float(ac[peaks][i])) for i in order]
+
+
+def rival(level: L.LevelImages, image: np.ndarray, valid: np.ndarray | None,
+          matrix: np.ndarray, min_overlap: float) -> dict[str, Any] | None:
+    """A second match almost as good as ``matrix`` at this (coarse) level, or None.
+
+    Parameters
+    ----------
+    level : LevelImages
+        A coarse level's data (the global search's level).
+    image, valid : ndarray
+        That level's target image and validity mask.
+    matrix : (3, 3) ndarray
+        The final answer in that level's pixels.
+    min_overlap : float
+        As in :func:`regtool.align`.
+
+    Returns
+    -------
+    dict or None
+        ``distance_px`` (level pixels, the largest displacement over the image), ``lag`` and
+        the two ``loss`` values (1 - NCC) when a rival is found.
+    """
+    lags = self_similar_lags(image, valid)
+    if not lags:
+        return None
+    center = ((image.shape[1] - 1) / 2.0, (image.shape[0] - 1) / 2.0)
+    here = gauss_newton(level, matrix, center, "ncc", 0.05, 15, min_overlap)
+    if here.reason is not None and not here.reason.startswith("did not converge"):
+        return None
+    for dx, dy, similarity in lags:
+        # f(x) ~ f(x + T) makes g(M (x - T)) ~ f(x): start at M composed with a shift by -T
+        start = matrix @ np.array([[1.0, 0.0, -dx], [0.0, 1.0, -dy], [0.0, 0.0, 1.0]])
+        out = gauss_newton(level, start, center, "ncc", 0.05, 15, min_overlap)
+        if out.reason is not None and not out.reason.startswith("did not converge"):
+            continue
+        distance = max_displacement(np.linalg.inv(here.matrix) @ out.matrix, level.shape)
+        if (distance >= RIVAL_DISTANCE and math.isfinite(out.loss)
+                and out.loss <= RIVAL_LOSS_RATIO * here.loss + RIVAL_SLACK):
+            return {"distance_px": distance, "lag": (dx, dy), "similarity": similarity,
+                    "loss": (here.loss, out.loss)}
+    return None
