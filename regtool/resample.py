@@ -1,13 +1,63 @@
-"""Resampling an image on another grid through a target->source matrix."""
+"""Resampling an image on another grid through a target->source matrix.
+
+How :func:`warp` is fast on large images
+----------------------------------------
+The cubic output is the interpolating cubic B-spline of the source, the one
+``scipy.ndimage.affine_transform(order=3, mode="constant")`` samples, computed in two steps:
+
+1. *Prefilter* (once per channel): the spline coefficients of the source, in float32 (float64
+   for float64 images and integers wider than 16 bits) instead of scipy's implicit float64
+   copy. The column pass runs as the filter's recursion over whole rows with numpy (every step
+   one contiguous row, about 6x faster at 4096^2 than scipy's column pass, which walks the
+   image with a stride); the row pass is scipy's ``spline_filter1d``. The boundary is scipy's:
+   whole-sample mirror (what scipy's prefilter uses under ``mode="constant"``).
+2. *Sampling* with ``prefilter=False``, strip by strip of output rows: a strip of rows
+   ``r0..r1`` is the same affine map with its offset moved by ``r0`` times the row column of
+   the matrix. scipy releases the GIL while it samples, so strips run in a thread pool. Each
+   strip is rounded and clipped into the output as soon as it is sampled, so no image-sized
+   float array is ever made besides the coefficients.
+
+Threads: ``threads=None`` takes the environment variable ``REGTOOL_THREADS`` if it is set,
+else the CPUs this process may run on, at most :data:`MAX_THREADS`, and uses them only when the
+output has at least :data:`MIN_PIXELS_PER_THREAD` pixels per thread (smaller images stay on the
+calling thread: a pool would cost more than it saves). ``REGTOOL_THREADS=1`` turns threads off,
+e.g. in a process pool that already keeps every core busy. An explicit ``threads`` is used as
+given, whatever the size.
+"""
 
 from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["warp", "ndimage_affine", "INTERP_ORDERS"]
+__all__ = ["warp", "ndimage_affine", "default_threads", "INTERP_ORDERS", "MAX_THREADS",
+           "MIN_PIXELS_PER_THREAD", "THREADS_ENV"]
 
 INTERP_ORDERS = {"nearest": 0, "linear": 1, "cubic": 3}
+
+#: Environment variable that sets the default thread count of :func:`warp`.
+THREADS_ENV = "REGTOOL_THREADS"
+#: At most this many threads by default: sampling is memory-bound beyond a few cores.
+MAX_THREADS = 8
+#: Threads are used by default only with this many output pixels per thread or more. Below
+#: about 512^2 a pool's start-up and hand-offs are a noticeable share of the warp.
+MIN_PIXELS_PER_THREAD = 256 * 256
+#: Output pixels per sampling strip: small enough for the strip's float buffer to stay in
+#: cache and for the strips to balance across threads, large enough that scipy's per-call
+#: overhead (~20 us) is under 1% of a strip's sampling.
+STRIP_PIXELS = 1 << 16
+
+# Pole of the cubic B-spline's inverse filter, and the gain that goes with it.
+_POLE = math.sqrt(3.0) - 2.0
+_GAIN = (1.0 - _POLE) * (1.0 - 1.0 / _POLE)  # 6
+# Weights of the causal filter's start value below this share of the working precision's
+# epsilon are left out: the geometric tail they make is far below the rounding of the result.
+_INIT_CUTOFF = 1e-3
 
 
 def ndimage_affine(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -21,14 +71,183 @@ def ndimage_affine(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rc, np.array([m[1, 2], m[0, 2]])
 
 
-def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Convert float samples to ``dtype``: round and clip integers so nothing wraps around."""
+def default_threads() -> int:
+    """The thread count :func:`warp` uses for a large image when ``threads`` is not given.
+
+    Returns
+    -------
+    int
+        ``REGTOOL_THREADS`` if set, else the CPUs this process may run on (its affinity mask,
+        which a container or ``taskset`` may restrict), capped at :data:`MAX_THREADS`.
+
+    Raises
+    ------
+    ValueError
+        If ``REGTOOL_THREADS`` is set but is not a positive integer.
+    """
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer, not {env!r}")
+        return value
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_THREADS, cpus))
+
+
+def _thread_count(threads: int | None, pixels: int) -> int:
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1:
+            raise ValueError(f"threads must be a positive integer or None, not {threads!r}")
+        return int(threads)
+    return max(1, min(default_threads(), pixels // MIN_PIXELS_PER_THREAD))
+
+
+def _work_dtype(dtype: np.dtype) -> type[np.floating]:
+    """float64 where float32 would lose input precision, float32 everywhere else."""
+    # float32 holds integers up to 2**24 exactly: every 8- and 16-bit value.
+    if dtype == np.float64 or (np.issubdtype(dtype, np.integer) and dtype.itemsize > 2):
+        return np.float64
+    return np.float32
+
+
+def _causal_start_weights(n: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and weights of the causal filter's start value on a whole-sample mirrored axis.
+
+    With the mirrored signal ``x[0], ..., x[n-1], x[n-2], ..., x[1]`` repeated, the causal
+    recursion's first value is ``sum_k z^k x_mirror[k] / (1 - z^(2n-2))``: row j gets
+    ``z^j + z^(2n-2-j)`` (``z^j`` alone at both ends). The rows whose weight is negligible
+    (under ``eps`` times :data:`_INIT_CUTOFF`) are dropped: all but about 15 rows of a long
+    axis in float32, about 30 in float64.
+    """
+    j = np.arange(n, dtype=float)
+    w = _POLE ** j
+    w[1:-1] += _POLE ** (2 * n - 2 - j[1:-1])
+    w /= 1.0 - _POLE ** (2 * n - 2)
+    rows = np.flatnonzero(np.abs(w) >= eps * _INIT_CUTOFF)
+    return rows, w[rows]
+
+
+def _prefilter_rows_recursive(plane: np.ndarray, coeffs: np.ndarray) -> None:
+    """Cubic spline prefilter of ``plane`` along axis 0 into ``coeffs`` (same shape).
+
+    The two first-order recursions of the inverse B-spline filter, each step one whole row of
+    numpy operations: contiguous memory, where a column-by-column filter strides across the
+    image. The start values are scipy's for its mirror boundary.
+    """
+    n = plane.shape[0]
+    np.multiply(plane, coeffs.dtype.type(_GAIN), out=coeffs, casting="unsafe")
+    if n == 1:
+        coeffs /= coeffs.dtype.type(_GAIN)  # a single sample is its own spline
+        return
+    z = coeffs.dtype.type(_POLE)
+    rows, weights = _causal_start_weights(n, float(np.finfo(coeffs.dtype).eps))
+    # The start values in float64: a weighted sum of ~20 rows, cheap, and exact to the end.
+    start = np.tensordot(weights, coeffs[rows].astype(np.float64), axes=1)
+    coeffs[0] = start
+    tmp = np.empty_like(coeffs[0])
+    for i in range(1, n):
+        np.multiply(coeffs[i - 1], z, out=tmp)
+        coeffs[i] += tmp
+    last, before = coeffs[n - 1].astype(np.float64), coeffs[n - 2].astype(np.float64)
+    coeffs[n - 1] = (_POLE * before + last) * (_POLE / (_POLE * _POLE - 1.0))
+    for i in range(n - 2, -1, -1):
+        np.subtract(coeffs[i + 1], coeffs[i], out=tmp)
+        np.multiply(tmp, z, out=coeffs[i])
+
+
+def _spline_coefficients(plane: np.ndarray, work: type[np.floating]) -> np.ndarray:
+    """Interpolating cubic B-spline coefficients of a 2-D plane, in ``work`` precision.
+
+    The same coefficients as ``scipy.ndimage.spline_filter(plane, 3, mode="constant")`` (up to
+    rounding in ``work``), which is what ``affine_transform(order=3, mode="constant")``
+    prefilters with.
+    """
+    coeffs = np.empty(plane.shape, dtype=work)
+    _prefilter_rows_recursive(plane, coeffs)
+    if plane.shape[1] > 1:
+        # Along the rows scipy's filter walks contiguous memory already; it works in place.
+        ndimage.spline_filter1d(coeffs, 3, axis=1, output=coeffs, mode="mirror")
+    return coeffs
+
+
+def _store(dtype: np.dtype) -> Callable[[np.ndarray, np.ndarray], None]:
+    """A function writing float samples into an output view of ``dtype``.
+
+    Integers are rounded and clipped to the dtype's range (never wrapped), bools thresholded
+    at 0.5; the float buffer is used as scratch space.
+    """
+    if dtype == np.bool_:
+        def store_bool(buf: np.ndarray, dest: np.ndarray) -> None:
+            np.greater_equal(buf, 0.5, out=dest)
+        return store_bool
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    if dtype == np.bool_:
-        return values >= 0.5
-    return values.astype(dtype, copy=False)
+        # The largest float of the buffer's type that does not exceed the dtype's maximum
+        # (2**63 - 1 rounds up to 2**63 in float64, which would overflow the cast).
+        def bound(v: int, toward: float, ftype: type[np.floating]) -> float:
+            f = ftype(v)
+            return float(np.nextafter(f, ftype(toward))) if abs(int(f)) > abs(v) else float(f)
+
+        def store_int(buf: np.ndarray, dest: np.ndarray) -> None:
+            ftype = buf.dtype.type
+            np.rint(buf, out=buf)
+            np.clip(buf, bound(info.min, 0.0, ftype), bound(info.max, 0.0, ftype), out=buf)
+            dest[...] = buf
+        return store_int
+
+    def store_float(buf: np.ndarray, dest: np.ndarray) -> None:
+        dest[...] = buf
+    return store_float
+
+
+def _sample_strips(
+    values: np.ndarray,
+    rc: np.ndarray,
+    offset: np.ndarray,
+    dest: np.ndarray,
+    *,
+    order: int,
+    fill: float,
+    work: type[np.floating],
+    pool: ThreadPoolExecutor | None,
+) -> None:
+    """Sample ``values`` (already prefiltered for cubic) into the 2-D view ``dest``, by strips."""
+    rows, cols = dest.shape
+    strip = max(1, STRIP_PIXELS // max(cols, 1))
+    store = _store(dest.dtype)
+    direct = dest.dtype == work and dest.flags.c_contiguous
+
+    def one(r0: int) -> None:
+        r1 = min(rows, r0 + strip)
+        # Output row r samples rc @ (r, c) + offset; for the strip's own row index r - r0 the
+        # offset grows by r0 times the matrix's row column.
+        shifted = offset + rc[:, 0] * r0
+        buf = dest[r0:r1] if direct else np.empty((r1 - r0, cols), dtype=work)
+        ndimage.affine_transform(values, rc, offset=shifted, output_shape=(r1 - r0, cols),
+                                 output=buf, order=order, mode="constant", cval=fill,
+                                 prefilter=False)
+        if not direct:
+            store(buf, dest[r0:r1])
+
+    starts = range(0, rows, strip)
+    if pool is None:
+        for r0 in starts:
+            one(r0)
+    else:
+        for future in [pool.submit(one, r0) for r0 in starts]:
+            future.result()  # re-raises a strip's exception here
+
+
+# dtypes scipy.ndimage samples as they are; others (bool, float16...) go through `work` first.
+_NDIMAGE_NATIVE = frozenset("uint8 uint16 uint32 uint64 int8 int16 int32 int64 "
+                            "float32 float64".split())
 
 
 def warp(
@@ -38,6 +257,7 @@ def warp(
     *,
     interp: str = "cubic",
     fill: float = 0.0,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Resample ``image`` on a grid of ``shape`` through a target->source matrix.
 
@@ -53,15 +273,22 @@ def warp(
     shape : tuple of int
         ``(rows, cols)`` of the output grid.
     interp : {"cubic", "linear", "nearest"}
-        Interpolation: cubic B-spline, bilinear, or nearest neighbour.
+        Interpolation: the interpolating cubic B-spline (whole-sample mirror boundary, as
+        scipy.ndimage's ``mode="constant"``), bilinear, or nearest neighbour.
     fill : float
-        Value of output pixels that map outside the source.
+        Value of output pixels that map outside the source (outside ``[0, W-1] x [0, H-1]``).
+    threads : int, optional
+        Threads sampling the output, row strip by row strip. By default
+        :func:`default_threads` (``REGTOOL_THREADS``, else the CPUs available, at most
+        :data:`MAX_THREADS`), used only when the output has at least
+        :data:`MIN_PIXELS_PER_THREAD` pixels per thread. The result does not depend on it.
 
     Returns
     -------
     ndarray
         ``(rows, cols)`` or ``(rows, cols, C)`` with the dtype of ``image``; integer outputs are
-        rounded and clipped to the dtype's range, never wrapped.
+        rounded and clipped to the dtype's range, never wrapped. Computed in float32 (float64
+        for float64 images and integers wider than 16 bits).
 
     Examples
     --------
@@ -82,16 +309,27 @@ def warp(
         raise ValueError(f"matrix must be 2x3 or 3x3, got {m.shape}")
     rc, offset = ndimage_affine(m)
     out_shape = (int(shape[0]), int(shape[1]))
-    # float64 for float64 inputs keeps their precision; everything else resamples in float32,
-    # which holds 16-bit integers exactly.
-    work = np.float64 if img.dtype == np.float64 else np.float32
-    planes = img[..., None] if img.ndim == 2 else img
-    out = np.empty(out_shape + (planes.shape[2],), dtype=work)
-    for ch in range(planes.shape[2]):
-        ndimage.affine_transform(
-            planes[..., ch].astype(work, copy=False), rc, offset=offset, output_shape=out_shape,
-            output=out[..., ch], order=order, mode="constant", cval=fill, prefilter=order > 1,
-        )
-    if img.ndim == 2:
-        out = out[..., 0]
-    return _cast(out, img.dtype)
+    n_threads = _thread_count(threads, out_shape[0] * out_shape[1])
+    work = _work_dtype(img.dtype)
+    out = np.empty(out_shape + img.shape[2:], dtype=img.dtype)
+    planes = [(img, out)] if img.ndim == 2 else [
+        (img[..., ch], out[..., ch]) for ch in range(img.shape[2])]
+    pool = ThreadPoolExecutor(n_threads) if n_threads > 1 else None
+    try:
+        for plane, dest in planes:
+            if plane.size == 0:  # nothing to sample: every pixel maps outside
+                _store(dest.dtype)(np.full(dest.shape, fill, dtype=work), dest)
+                continue
+            if order > 1:
+                values = _spline_coefficients(plane, work)
+            elif plane.dtype.name in _NDIMAGE_NATIVE:
+                values = plane  # linear and nearest read the samples as they are
+            else:
+                values = plane.astype(work)
+            _sample_strips(values, rc, offset, dest, order=order, fill=fill, work=work,
+                           pool=pool)
+            del values  # the next channel's coefficients replace this one's
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return out
