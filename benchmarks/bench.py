@@ -760,7 +760,7 @@ def confident_failures(runs: list[Run]) -> list[str]:
 # --------------------------------------------------------------------------- time vs ecc-pyr
 
 
-def time_vs_ecc_summary(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+def time_vs_ecc_summary(runs: list[Run]) -> tuple[list[str], list[list[str]], list[str]]:
     """Per size, on TIME_TIERS: the default's time over ecc-pyr's, paired per case."""
     pairs: dict[str, dict[str, list[tuple[float, float]]]] = {}
     by_case: dict[str, dict[str, Run]] = {}
@@ -773,7 +773,11 @@ def time_vs_ecc_summary(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
             pairs.setdefault(_size_label(d.case), {}).setdefault(d.case.tier, []).append(
                 (d.seconds, e.seconds))
     if not pairs:
-        return [], []
+        ran = {r.method for r in runs if r.case.tier in TIME_TIERS}
+        if DEFAULT_METHOD in ran:
+            return [], [], [f"not available: {ECC_PYR} did not run on the tiers "
+                            f"{', '.join(TIME_TIERS)} (not installed, or not in --methods)"]
+        return [], [], []
     tiers = [t for t in TIME_TIERS if any(t in p for p in pairs.values())]
     header = (["size", "pairs", "default (ms)", "ecc-pyr (ms)", "median of paired ratios",
                "ratio of medians"] + [f"{t}: median ratio" for t in tiers]
@@ -794,7 +798,7 @@ def time_vs_ecc_summary(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
         row += ["-" if target is None else f"<= {target}",
                 "-" if target is None else ("met" if med <= target else "NO")]
         rows.append(row)
-    return header, rows
+    return header, rows, []
 
 
 # --------------------------------------------------------------------------- environment
