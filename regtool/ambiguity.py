@@ -53,13 +53,16 @@ def self_similar_lags(image: np.ndarray, valid: np.ndarray | None = None,
     band = band - band.mean()
     h, w = band.shape
     band = band * np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
-    spec = np.fft.rfft2(band, s=(2 * h, 2 * w))
-    ac = np.fft.fftshift(np.fft.irfft2(spec * np.conj(spec), s=(2 * h, 2 * w)))
-    zero = float(ac[h, w])
+    # lags up to a third of the image: padding by that much keeps them free of wrap-around
+    ry, rx = h // 3 + 1, w // 3 + 1
+    spec = np.fft.rfft2(band, s=(h + ry, w + rx))
+    ac = np.fft.irfft2(spec * np.conj(spec), s=(h + ry, w + rx))
+    zero = float(ac[0, 0])
     if not zero > 0:
         return []
-    ac /= zero
-    ys, xs = np.mgrid[-h : h, -w : w]
+    # the window of lags -r..r, lag (0, 0) at (ry, rx)
+    ac = np.roll(ac, (ry, rx), axis=(0, 1))[: 2 * ry + 1, : 2 * rx + 1] / zero
+    ys, xs = np.mgrid[-ry : ry + 1, -rx : rx + 1]
     usable = (np.hypot(ys, xs) > 3.0) & (np.abs(ys) < h / 3) & (np.abs(xs) < w / 3)
     peaks = usable & (ac == ndimage.maximum_filter(ac, size=3)) & (ac >= threshold)
     order = np.argsort(ac[peaks])[::-1][:count]
