@@ -44,13 +44,18 @@ INTERP_ORDERS = {"nearest": 0, "linear": 1, "cubic": 3}
 THREADS_ENV = "REGTOOL_THREADS"
 #: At most this many threads by default: sampling is memory-bound beyond a few cores.
 MAX_THREADS = 8
-#: Threads are used by default only with this many output pixels per thread or more. Below
-#: about 512^2 a pool's start-up and hand-offs are a noticeable share of the warp.
-MIN_PIXELS_PER_THREAD = 256 * 256
+#: Threads are used by default only with this many output pixels per thread or more (2 threads
+#: from about 362^2). Measured on 2 idle cores: two threads take 1.4x the time of one at 128^2
+#: (the pool's start-up), 0.74x at 256^2, 0.65x at 384^2, 0.6x from 512^2; when another
+#: process keeps a core busy they gain nothing and cost a few percent, which is why the
+#: threshold sits above the idle crossover.
+MIN_PIXELS_PER_THREAD = 1 << 16
 #: Output pixels per sampling strip: small enough for the strip's float buffer to stay in
 #: cache and for the strips to balance across threads, large enough that scipy's per-call
 #: overhead (~20 us) is under 1% of a strip's sampling.
 STRIP_PIXELS = 1 << 16
+#: The smallest strip when threads share the rows out.
+MIN_STRIP_PIXELS = 1 << 14
 
 # Pole of the cubic B-spline's inverse filter, and the gain that goes with it.
 _POLE = math.sqrt(3.0) - 2.0
@@ -162,7 +167,8 @@ def _prefilter_rows_recursive(plane: np.ndarray, coeffs: np.ndarray) -> None:
         np.multiply(tmp, z, out=coeffs[i])
 
 
-def _spline_coefficients(plane: np.ndarray, work: type[np.floating]) -> np.ndarray:
+def _spline_coefficients(plane: np.ndarray, work: type[np.floating],
+                         pool: ThreadPoolExecutor | None = None, threads: int = 1) -> np.ndarray:
     """Interpolating cubic B-spline coefficients of a 2-D plane, in ``work`` precision.
 
     The same coefficients as ``scipy.ndimage.spline_filter(plane, 3, mode="constant")`` (up to
@@ -170,11 +176,32 @@ def _spline_coefficients(plane: np.ndarray, work: type[np.floating]) -> np.ndarr
     prefilters with.
     """
     coeffs = np.empty(plane.shape, dtype=work)
+    # Serial: its ~4 numpy calls per row hold the GIL for most of their time (two threads over
+    # column halves took 1.5x as long as one at 4096^2).
     _prefilter_rows_recursive(plane, coeffs)
-    if plane.shape[1] > 1:
-        # Along the rows scipy's filter walks contiguous memory already; it works in place.
-        ndimage.spline_filter1d(coeffs, 3, axis=1, output=coeffs, mode="mirror")
+    if plane.shape[1] == 1:
+        return coeffs
+
+    def rows_pass(r0: int, r1: int) -> None:
+        # Along the rows scipy's filter walks contiguous memory already, in place, and
+        # releases the GIL: row strips run in parallel (87 -> 46 ms at 4096^2, 2 threads).
+        view = coeffs[r0:r1]
+        ndimage.spline_filter1d(view, 3, axis=1, output=view, mode="mirror")
+
+    rows = plane.shape[0]
+    if pool is None or threads < 2:
+        rows_pass(0, rows)
+    else:
+        step = -(-rows // (2 * threads))
+        _run(pool, [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)], rows_pass)
     return coeffs
+
+
+def _run(pool: ThreadPoolExecutor, tasks: list[tuple[int, int]],
+         fn: Callable[[int, int], None]) -> None:
+    """Run ``fn(*task)`` for every task on the pool; re-raise the first failure here."""
+    for future in [pool.submit(fn, *task) for task in tasks]:
+        future.result()
 
 
 def _store(dtype: np.dtype) -> Callable[[np.ndarray, np.ndarray], None]:
@@ -207,6 +234,17 @@ def _store(dtype: np.dtype) -> Callable[[np.ndarray, np.ndarray], None]:
     return store_float
 
 
+def _strip_rows(rows: int, cols: int, threads: int) -> int:
+    """Output rows per sampling strip."""
+    pixels = STRIP_PIXELS
+    if threads > 1:
+        # About four strips per thread, so the strips balance across threads even when
+        # another process takes a core for a while, but not so small that scipy's per-call
+        # set-up shows (measured: 16K-64K pixels are equally fast, 8K slower).
+        pixels = min(STRIP_PIXELS, max(MIN_STRIP_PIXELS, rows * cols // (4 * threads)))
+    return max(1, pixels // max(cols, 1))
+
+
 def _sample_strips(
     values: np.ndarray,
     rc: np.ndarray,
@@ -217,15 +255,15 @@ def _sample_strips(
     fill: float,
     work: type[np.floating],
     pool: ThreadPoolExecutor | None,
+    threads: int = 1,
 ) -> None:
     """Sample ``values`` (already prefiltered for cubic) into the 2-D view ``dest``, by strips."""
     rows, cols = dest.shape
-    strip = max(1, STRIP_PIXELS // max(cols, 1))
+    strip = _strip_rows(rows, cols, threads if pool is not None else 1)
     store = _store(dest.dtype)
     direct = dest.dtype == work and dest.flags.c_contiguous
 
-    def one(r0: int) -> None:
-        r1 = min(rows, r0 + strip)
+    def one(r0: int, r1: int) -> None:
         # Output row r samples rc @ (r, c) + offset; for the strip's own row index r - r0 the
         # offset grows by r0 times the matrix's row column.
         shifted = offset + rc[:, 0] * r0
@@ -236,13 +274,12 @@ def _sample_strips(
         if not direct:
             store(buf, dest[r0:r1])
 
-    starts = range(0, rows, strip)
+    tasks = [(r0, min(rows, r0 + strip)) for r0 in range(0, rows, strip)]
     if pool is None:
-        for r0 in starts:
-            one(r0)
+        for task in tasks:
+            one(*task)
     else:
-        for future in [pool.submit(one, r0) for r0 in starts]:
-            future.result()  # re-raises a strip's exception here
+        _run(pool, tasks, one)
 
 
 # dtypes scipy.ndimage samples as they are; others (bool, float16...) go through `work` first.
@@ -321,13 +358,13 @@ def warp(
                 _store(dest.dtype)(np.full(dest.shape, fill, dtype=work), dest)
                 continue
             if order > 1:
-                values = _spline_coefficients(plane, work)
+                values = _spline_coefficients(plane, work, pool, n_threads)
             elif plane.dtype.name in _NDIMAGE_NATIVE:
                 values = plane  # linear and nearest read the samples as they are
             else:
                 values = plane.astype(work)
             _sample_strips(values, rc, offset, dest, order=order, fill=fill, work=work,
-                           pool=pool)
+                           pool=pool, threads=n_threads)
             del values  # the next channel's coefficients replace this one's
     finally:
         if pool is not None:

@@ -247,7 +247,7 @@ def test_thread_count_rules(monkeypatch):
     monkeypatch.delenv(resample.THREADS_ENV, raising=False)
     assert 1 <= resample.default_threads() <= resample.MAX_THREADS
     # small images stay on the calling thread unless asked
-    assert resample._thread_count(None, 512 * 512 // 4) == 1
+    assert resample._thread_count(None, 128 * 128) == 1
     assert resample._thread_count(2, 10) == 2
     monkeypatch.setenv(resample.THREADS_ENV, "3")
     assert resample.default_threads() == 3
