@@ -50,8 +50,11 @@ __all__ = [
 ORDER = 3
 
 # Levels with more usable target pixels than DENSE_LIMIT register on a selection of them: the
-# most textured SELECT_FRACTION, but about MAX_POINTS at most (16384 measured as accurate as
-# 32768 on the benchmark's noisy tier) and, on levels 2 and up (which only have to land inside
+# most textured SELECT_FRACTION, but about max_points at most (the driver's choice: MAX_POINTS,
+# 16384, measured as accurate as 32768 at 251x301 on the benchmark's noisy tier; level 1 more,
+# since on noisy images it may finish the registration, see register._level1_is_better; at
+# 1024x1024 level 0's 16384 points keep only 5-46% of the image's information) and, on levels
+# 2 and up (which only have to land inside
 # the next level's capture range), MIN_POINTS_COARSE at least. Flat pixels carry little
 # information about the motion but cost as much to sample as an edge, and a cubic sample costs
 # ~60 ns whatever the image size.

@@ -31,11 +31,25 @@ class LevelOutcome:
     converged: bool
     reason: str | None
     overlap: float
+    # Gauss-Newton only, at its last evaluated point: the (centred) J^T J over the overlap, the
+    # objective mean(e**2), and what unit noise in the target's gradients adds to J^T J (see
+    # :func:`regtool.uncertainty.quick_covariance`).
+    hessian: np.ndarray | None = None
+    objective: float = math.nan
+    gradient_noise: np.ndarray | None = None
 
 
 def _overlap_fail(frac: float, min_overlap: float) -> str:
     return (f"overlap fell to {100 * frac:.1f}% of the target (minimum {100 * min_overlap:.0f}%)"
             if frac > 0 else "the images no longer overlap")
+
+
+def _gradient_noise(lever: np.ndarray, valid: np.ndarray, count: int) -> np.ndarray:
+    """Sum over the overlap of what unit white noise in the target's gradients adds to the
+    (centred) ``J^T J``: ``[[n, 0, -Sy], [0, n, Sx], [-Sy, Sx, S(x^2 + y^2)]]`` about the center."""
+    weights = valid.astype(np.float32)
+    sx, sy, sr = (L.dot(row, weights) for row in lever)
+    return np.array([[count, 0.0, -sy], [0.0, count, sx], [-sy, sx, sr]])
 
 
 def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
@@ -57,8 +71,21 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
     sd[0] = gx
     sd[1] = gy
     sd[2] = gy * (xs - center[0]) - gx * (ys - center[1])
+    # Per point, what white noise of unit variance in (gx, gy) adds to J^T J: the rows
+    # (1, 0, -dy), (0, 1, dx), (-dy, dx, dx**2 + dy**2) of dPsi/dp.
+    lever = np.empty((3, gx.size), dtype=np.float32)
+    lever[0] = xs - center[0]
+    lever[1] = ys - center[1]
+    lever[2] = lever[0] * lever[0] + lever[1] * lever[1]
     del xs, ys
     h_all = L.gram(sd if n_target == tv.size else sd[:, tv])
+    stats: tuple[np.ndarray, float, np.ndarray] | None = None
+
+    def outcome(mat: np.ndarray, converged: bool, reason: str | None) -> LevelOutcome:
+        if stats is None:
+            return LevelOutcome(mat, it, best_loss, converged, reason, overlap)
+        return LevelOutcome(mat, it, best_loss, converged, reason, overlap, stats[0], stats[1],
+                            stats[2])
 
     m = matrix.copy()
     # (matrix, hessian, gradient, objective, predicted reduction) of the last accepted point
@@ -90,7 +117,7 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
                 inv = np.linalg.inv(about_center(*step, center))
                 m = m_prev @ inv
                 if max_displacement(inv, level.shape) < tol:
-                    return LevelOutcome(m_prev, it, best_loss, True, None, overlap)
+                    return outcome(m_prev, True, None)
                 continue
         lam *= 0.1
         best_loss = res.loss
@@ -104,6 +131,7 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
             # images too, so the Hessian ignores the part a constant offset already explains.
             mean = (sd @ valid.astype(np.float32)).astype(np.float64) / res.count
             h = h - res.count * np.outer(mean, mean)
+        stats = (h, res.objective, _gradient_noise(lever, valid, res.count))
         try:
             step = np.linalg.solve(h + lam * np.diag(np.diag(h)), b)
         except np.linalg.LinAlgError:
@@ -115,9 +143,8 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
         m = m @ inv
         # M is an isometry, so the image moves by exactly as much as the update moves x.
         if max_displacement(inv, level.shape) < tol:
-            return LevelOutcome(m, it, best_loss, True, None, overlap)
-    return LevelOutcome(m, it, best_loss, False,
-                        f"did not converge in {max_iter} iterations", overlap)
+            return outcome(m, True, None)
+    return outcome(m, False, f"did not converge in {max_iter} iterations")
 
 
 def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],

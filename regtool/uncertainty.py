@@ -41,7 +41,7 @@ from scipy import special
 
 from . import loss as L
 
-__all__ = ["Uncertainty", "estimate", "mean_endpoint"]
+__all__ = ["Uncertainty", "estimate", "mean_endpoint", "quick_covariance"]
 
 # Side (pixels of the finest level) of the blocks whose residual sums are taken as independent.
 # The residuals correlate over about 3 pixels (the target's 3x3 spline filters, the source's 4x4
@@ -247,3 +247,25 @@ def _from_covariance(cov: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]
         endpoint_px=endpoint,
         covariance=cov,
     )
+
+
+def quick_covariance(hessian: np.ndarray, objective: float, gradient_noise: np.ndarray,
+                     scale: float = 1.0) -> np.ndarray | None:
+    """White-noise covariance of a Gauss-Newton answer from what the solver already holds.
+
+    ``objective * (H - objective / 2 * N)^-1``, in the level's ``(sx, sy, theta)``, with ``H``
+    the solver's (centred) ``J^T J``, ``objective`` its mean squared residual and ``N`` what unit
+    noise in the target's gradients adds to ``H``: the target spline's derivative passes a
+    quarter of the target's noise variance and its value (with the warped source's) about half,
+    so the gradients carry about half the residual's variance, and that part of ``J^T J`` holds
+    no information. ``scale`` multiplies the result (the residuals' correlation, which this
+    ignores, differs between levels). Cheap (3x3 algebra) and only for comparing the answers of
+    two levels of one image pair; :func:`estimate` gives the calibrated error bars. None when
+    the corrected ``H`` is not positive definite (noise only).
+    """
+    h = np.asarray(hessian, dtype=float) - 0.5 * objective * np.asarray(gradient_noise)
+    try:
+        np.linalg.cholesky(h)
+    except np.linalg.LinAlgError:
+        return None
+    return scale * objective * np.linalg.inv(h)
