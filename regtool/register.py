@@ -109,7 +109,8 @@ class _Descent:
     converged: bool
     reason: str | None
     loss: float
-    finest: L.LevelImages | None  # the level-0 data, when level 0 ran
+    finest: L.LevelImages | None  # the data of the level the answer comes from
+    answer_level: int = 0  # 0, or 1 when level 1's answer is expected to be closer
 
 
 def _level_count(f: np.ndarray, g: np.ndarray, levels: int | None) -> int:
@@ -164,6 +165,7 @@ def _descend(pyr: _Pyramids, schedule: list[int], m: np.ndarray, prepared: dict[
     records: list[LevelRecord] = []
     converged, reason, loss_value = False, None, math.inf
     finest = None
+    levels: dict[int, L.LevelImages] = {}
     answers: dict[int, Any] = {}
     for index, k in enumerate(schedule):
         t_level = time.perf_counter()
@@ -175,6 +177,8 @@ def _descend(pyr: _Pyramids, schedule: list[int], m: np.ndarray, prepared: dict[
         level_tol = tol if k == 0 else max(tol, COARSE_TOL)
         out = solver(level, to_level(m, k), center, metric, level_tol, iters, min_overlap)
         answers[k] = out
+        if k <= 1:
+            levels[k] = level
         m = from_level(out.matrix, k)
         loss_value = out.loss
         rec = LevelRecord(k, pyr.f[k].shape, out.iterations, out.loss, out.converged,
@@ -187,13 +191,15 @@ def _descend(pyr: _Pyramids, schedule: list[int], m: np.ndarray, prepared: dict[
             finest = level
         if reason is not None and not reason.startswith("did not converge"):
             break  # a failure (overlap lost, divergence): finer levels cannot rescue it
+    answer_level = 0
     if converged and finest is not None and _level1_is_better(answers, finest.shape):
         m = from_level(answers[1].matrix, 1)
+        finest, answer_level = levels[1], 1
     if not converged and reason is None:
         reason = "stopped before the finest level"
     if reason is not None and reason.startswith("did not converge") and records:
         reason = f"{reason} at level {records[-1].level}"
-    return _Descent(m, records, converged, reason, loss_value, finest)
+    return _Descent(m, records, converged, reason, loss_value, finest, answer_level)
 
 
 def _level1_is_better(answers: dict[int, Any], shape: tuple[int, int]) -> bool:
@@ -246,7 +252,9 @@ def _error_bars(descent: _Descent, m: np.ndarray, metric: str, converged: bool,
             f"another match almost as good lies {other['distance_px'] * 2 ** k:.1f} px away "
             "(a periodic or repeated texture): the answer may be that far off, which no "
             "error bar around it describes")
-    return U.estimate(descent.finest, m, image_center(descent.finest.shape), metric)
+    k = descent.answer_level
+    return U.estimate(descent.finest, to_level(m, k), image_center(descent.finest.shape), metric,
+                      level_index=k, full_shape=pyr.f[0].shape)
 
 
 def align(
@@ -375,7 +383,7 @@ def align(
         target_shape=(int(f.shape[0]), int(f.shape[1])),
         source_shape=(int(g.shape[0]), int(g.shape[1])),
         ncc=quality.ncc, residual=quality.residual, detail_ncc=quality.detail_ncc,
-        init=init_info,
+        init=init_info, answer_level=descent.answer_level,
         uncertainty=_error_bars(descent, m, metric, converged, pyr, k_search, searched,
                                 min_overlap),
     )

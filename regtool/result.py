@@ -89,6 +89,10 @@ class Result:
         How the start was found: ``method`` (``auto``, ``none`` or ``given``), the starting
         ``tx``, ``ty``, ``theta_deg``, and for ``auto`` the ``level`` searched, the number of
         ``candidates`` and ``time_s``.
+    answer_level : int
+        The pyramid level the answer comes from: 0 (full resolution), or 1 when on noisy images
+        the half-resolution level's answer was expected to be the more accurate (its pixels
+        average four and hold most of a smooth image's information).
     uncertainty : Uncertainty or None
         1-sigma error bars of ``shift`` and ``theta_deg`` and the expected mean endpoint
         error, estimated from the data (see :mod:`regtool.uncertainty`); its fields are None,
@@ -115,6 +119,7 @@ class Result:
     residual: float = math.nan
     detail_ncc: float = math.nan
     init: dict[str, Any] = field(default_factory=dict)
+    answer_level: int = 0
     uncertainty: Uncertainty | None = None
 
     @property
@@ -152,6 +157,7 @@ class Result:
             "uncertainty": (self.uncertainty.to_dict() if self.uncertainty is not None
                             else Uncertainty.unavailable("not estimated").to_dict()),
             "levels": [r.to_dict() for r in self.levels],
+            "answer_level": int(self.answer_level),
             "time_s": round(float(self.time_s), 6),
             "target_shape": [int(v) for v in self.target_shape],
             "source_shape": [int(v) for v in self.source_shape],

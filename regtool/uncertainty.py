@@ -168,13 +168,14 @@ def _steepest(gx: np.ndarray, gy: np.ndarray, xs: np.ndarray, ys: np.ndarray,
 
 
 def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
-             metric: str, block: int = BLOCK) -> Uncertainty:
-    """Covariance and error bars of a converged registration at its finest level.
+             metric: str, block: int = BLOCK, *, level_index: int = 0,
+             full_shape: tuple[int, int] | None = None) -> Uncertainty:
+    """Covariance and error bars of a converged registration at the level of its answer.
 
     Parameters
     ----------
     level : LevelImages
-        The finest level the solver used (level 0: the full-resolution images).
+        The level the answer comes from (level 0: the full-resolution images).
     matrix : (3, 3) ndarray
         The solution, target -> source, in that level's pixels.
     center : (float, float)
@@ -182,7 +183,12 @@ def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
     metric : {"ssd", "ncc"}
         The metric that was minimized.
     block : int
-        Side in pixels of the blocks treated as independent in ``V``.
+        Side in that level's pixels of the blocks treated as independent in ``V``.
+    level_index : int
+        Which pyramid level ``level`` is: its shifts are ``2**level_index`` full-resolution
+        pixels (the pyramid keeps the center where it is, so theta is the same).
+    full_shape : (rows, cols), optional
+        The full-resolution target's shape (default: the level's own).
 
     Returns
     -------
@@ -226,7 +232,9 @@ def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
     cov = 0.5 * (cov + cov.T)
     if not np.all(np.isfinite(cov)) or np.any(np.diag(cov) <= 0) or np.linalg.cond(sens) > 1e12:
         return Uncertainty.unavailable("too little signal: the motion is not determined")
-    return _from_covariance(cov, matrix, level.shape)
+    to_full = np.diag([2.0**level_index, 2.0**level_index, 1.0])
+    return _from_covariance(to_full @ cov @ to_full, matrix,
+                            level.shape if full_shape is None else full_shape)
 
 
 def _from_covariance(cov: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]

@@ -283,3 +283,34 @@ def test_the_default_handles_a_gain_and_an_offset():
         err = endpoint_error(m, r.matrix, shape)
         assert err < 0.1 and err < 3 * r.uncertainty.endpoint_px, (err, r.uncertainty)
         assert r.metric == "ncc"
+
+
+def test_the_answer_comes_from_level_1_only_when_noise_makes_it_the_better_one():
+    # A smooth scene holds little above level 1's band; with noise, level 1's averaged pixels
+    # give the better answer. Without noise level 0's does.
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    scene = ndimage.gaussian_filter(rng.standard_normal((400, 400)), 5.0)
+    scene = (scene - scene.min()) / (scene.max() - scene.min())
+    shape = (256, 256)
+    clean = make_pair(scene, shape, (4.0, -3.0), 5.0, seed=6)
+    noisy = make_pair(scene, shape, (4.0, -3.0), 5.0, noise=0.05, seed=6)
+    r_clean = regtool.align(*clean[:2])
+    r_noisy = regtool.align(*noisy[:2])
+    assert r_clean.answer_level == 0 and r_clean.to_dict()["answer_level"] == 0
+    assert endpoint_error(clean[2], r_clean.matrix, shape) < 0.002
+    assert r_noisy.converged and r_noisy.answer_level == 1
+    assert r_noisy.to_dict()["answer_level"] == 1
+    err = endpoint_error(noisy[2], r_noisy.matrix, shape)
+    assert err < 0.1 and err < 3 * r_noisy.uncertainty.endpoint_px, (err, r_noisy.uncertainty)
+
+
+def test_quick_covariance_removes_the_gradient_noise_and_refuses_noise_only():
+    from regtool.uncertainty import quick_covariance
+
+    n = np.diag([100.0, 100.0, 1e6])
+    h = np.diag([400.0, 400.0, 4e6])
+    cov = quick_covariance(h, 2.0, n)  # H - objective / 2 * N = 3/4 H
+    assert np.allclose(cov, 2.0 * np.linalg.inv(0.75 * h))
+    assert quick_covariance(h, 20.0, n) is None  # the noise explains all of H
