@@ -42,9 +42,10 @@ HEADING = "Large images: the whole command"
 #: The issue's goal: the whole command at most this many times the baseline.
 TARGET_RATIO = 2.0
 DEFAULT_SIZES = (4096,)
-#: Runs of the command and of the baseline (interleaved), and warp calls in the warp process.
+#: Runs of the command, the baseline and the warp process (interleaved), and warp calls (of
+#: each kind) in one warp process.
 RUNS = 3
-WARP_CALLS = 3
+WARP_CALLS = 1
 #: A subprocess running longer than this is killed.
 TIMEOUT_S = 600.0
 
@@ -96,11 +97,11 @@ def regtool_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "regtool"]
 
 
-def run(cmd: list[str], log_path: Path) -> tuple[float, int, int]:
-    """Run ``cmd``; return its wall time, exit status and peak resident set (bytes).
+def run(cmd: list[str], log_path: Path) -> tuple[float, int, int, float]:
+    """Run ``cmd``; return its wall time, exit status, peak resident set (bytes) and CPU time.
 
-    ``os.wait4`` gives this child's own ``ru_maxrss`` (``RUSAGE_CHILDREN`` would be the
-    largest of all children so far).
+    ``os.wait4`` gives this child's own resource usage (``RUSAGE_CHILDREN`` would add up, and
+    take the largest peak of, all children so far).
     """
     with open(log_path, "wb") as log:
         t0 = time.perf_counter()
@@ -117,11 +118,23 @@ def run(cmd: list[str], log_path: Path) -> tuple[float, int, int]:
             time.sleep(0.002)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
-    return wall, proc.returncode, 1024 * usage.ru_maxrss
+    return wall, proc.returncode, 1024 * usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+
+
+def _warp_run(pair: dict[str, Any], log_path: Path) -> dict[str, Any]:
+    """One warp process: its RESULT line."""
+    cmd = [sys.executable, "-c", WARP, pair["target"], pair["source"], str(HERE),
+           str(WARP_CALLS)]
+    _, code, _, _ = run(cmd, log_path)
+    text = log_path.read_text(errors="replace")
+    lines = [x for x in text.splitlines() if x.startswith("RESULT ")]
+    if code != 0 or not lines:
+        raise RuntimeError(f"warp process exited {code}: {text[-2000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
 
 
 def measure(n: int, pair: dict[str, Any], runs: int, log: Any) -> dict[str, Any]:
-    """The command, the baseline and the warp for one pair."""
+    """The command, the baseline and the warp for one pair, interleaved run by run."""
     out_dir = Path(tempfile.mkdtemp(prefix=f"command-{n}-", dir=Path(pair["target"]).parent))
     try:
         out_png, out_json = out_dir / "aligned.png", out_dir / "aligned.json"
@@ -130,39 +143,38 @@ def measure(n: int, pair: dict[str, Any], runs: int, log: Any) -> dict[str, Any]
                                        str(out_png), "--params", str(out_json), "--quiet"]
         baseline = [sys.executable, "-c", BASELINE, pair["target"], pair["source"],
                     str(base_png)]
-        rows: dict[str, list[tuple[float, int, int]]] = {"command": [], "baseline": []}
+        rows: dict[str, list[tuple[float, int, int, float]]] = {"command": [], "baseline": []}
         align_s: list[float] = []
+        warps: list[dict[str, Any]] = []
         for i in range(runs):
-            # interleaved, so that both see the same load on a shared machine
+            # interleaved, so that all three see the same load on a shared machine
             for name, cmd in (("command", command), ("baseline", baseline)):
-                wall, code, peak = run(cmd, out_dir / f"{name}.log")
+                wall, code, peak, cpu = run(cmd, out_dir / f"{name}.log")
                 if code not in (0, 1):  # 1: ran, did not converge: still a full command
                     text = (out_dir / f"{name}.log").read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"{name} at {n}x{n} exited {code}: {text}")
-                rows[name].append((wall, code, peak))
-                log(f"  {n}x{n} run {i + 1}/{runs}: {name} {wall:.2f} s")
+                rows[name].append((wall, code, peak, cpu))
             align_s.append(float(json.loads(out_json.read_text())["time_s"]))
+            warps.append(_warp_run(pair, out_dir / "warp.log"))
+            log(f"  {n}x{n} run {i + 1}/{runs}: command {rows['command'][-1][0]:.2f} s, "
+                f"baseline {rows['baseline'][-1][0]:.2f} s, align {align_s[-1]:.2f} s, warp "
+                f"{warps[-1]['default']['times'][0]:.2f} s ({warps[-1]['threads_used']} "
+                f"threads) / {warps[-1]['one']['times'][0]:.2f} s (1 thread)")
         doc = json.loads(out_json.read_text())
-        warp_cmd = [sys.executable, "-c", WARP, pair["target"], pair["source"], str(HERE),
-                    str(WARP_CALLS)]
-        proc = subprocess.run(warp_cmd, capture_output=True, text=True, cwd=ROOT,
-                              timeout=TIMEOUT_S)
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"warp process at {n}x{n} failed: {proc.stderr[-2000:]}")
-        warp = json.loads(lines[-1][len("RESULT "):])
-        log(f"  {n}x{n} warp: {statistics.median(warp['default']['times']):.2f} s with "
-            f"{warp['threads_used']} thread(s), {statistics.median(warp['one']['times']):.2f}"
-            " s with 1")
         sizes = {"png": out_png.stat().st_size, "baseline_png": base_png.stat().st_size}
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-    med = {k: statistics.median(w for w, _, _ in v) for k, v in rows.items()}
+    med = {k: statistics.median(w for w, _, _, _ in v) for k, v in rows.items()}
     return {
         "n": n, "runs": runs, "command": rows["command"], "baseline": rows["baseline"],
         "command_s": med["command"], "baseline_s": med["baseline"],
+        "command_cpu_s": statistics.median(c for _, _, _, c in rows["command"]),
         "ratio": med["command"] / med["baseline"], "align_s": statistics.median(align_s),
-        "converged": doc.get("converged"), "warp": warp, "files": sizes,
+        "warp_s": statistics.median(t for w in warps for t in w["default"]["times"]),
+        "warp1_s": statistics.median(t for w in warps for t in w["one"]["times"]),
+        "warp_growth": warps[0]["default"]["growth"], "threads_used": warps[0]["threads_used"],
+        "threads_default": warps[0]["threads_default"],
+        "converged": doc.get("converged"), "files": sizes,
     }
 
 
@@ -171,7 +183,7 @@ def _s(x: float) -> str:
 
 
 def _runs(result: dict[str, Any], key: str) -> str:
-    return " / ".join(_s(wall) for wall, _, _ in result[key])
+    return " / ".join(_s(run[0]) for run in result[key])
 
 
 def report(results: list[dict[str, Any]], load_before: str, elapsed: float,
@@ -188,36 +200,37 @@ def report(results: list[dict[str, Any]], load_before: str, elapsed: float,
         f"load average before / after: {load_before} / {scaling._load()} (others' work on a "
         "shared machine slows the threaded warp most)",
         f"- REGTOOL_THREADS: {env_threads if env_threads else 'unset'}",
-        f"- each figure in a fresh process; command and baseline interleaved, median of "
-        f"{results[0]['runs'] if results else RUNS} each; warp: median of {WARP_CALLS} calls "
-        "in one process",
+        f"- each figure in a fresh process; command, baseline and warp process interleaved, "
+        f"median of {results[0]['runs'] if results else RUNS} each (the warp process: read, "
+        "`regtool.align`, then `Result.warp` timed, then the same warp with one thread)",
         "",
         "| size | whole command (s) | baseline: start, read both, write PNG (s) | ratio "
         f"(target {TARGET_RATIO:.1f}) | align time_s (s) | Result.warp (s) | warp, 1 thread "
-        "(s) | rest (s) | warp threads | warp peak +MB | command peak RSS (MB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "(s) | rest (s) | command CPU (s) | warp threads | warp peak +MB | command peak RSS "
+        "(MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        n, w = r["n"], r["warp"]
-        warp_s = statistics.median(w["default"]["times"])
-        warp1_s = statistics.median(w["one"]["times"])
-        rest = r["command_s"] - r["baseline_s"] - r["align_s"] - warp_s
-        peak = max(p for _, _, p in r["command"])
+        n = r["n"]
+        rest = r["command_s"] - r["baseline_s"] - r["align_s"] - r["warp_s"]
+        peak = max(p for _, _, p, _ in r["command"])
         mark = "" if r["ratio"] <= TARGET_RATIO else " (over)"
         lines.append(
             f"| {n}x{n} | {_s(r['command_s'])} | {_s(r['baseline_s'])} | "
-            f"**{r['ratio']:.2f}**{mark} | {_s(r['align_s'])} | {_s(warp_s)} | {_s(warp1_s)} | "
-            f"{_s(rest)} | {w['threads_used']} of {w['threads_default']} | "
-            f"{w['default']['growth'] / 2**20:.0f} | {peak / 2**20:.0f} |")
+            f"**{r['ratio']:.2f}**{mark} | {_s(r['align_s'])} | {_s(r['warp_s'])} | "
+            f"{_s(r['warp1_s'])} | {_s(rest)} | {_s(r['command_cpu_s'])} | "
+            f"{r['threads_used']} of {r['threads_default']} | "
+            f"{r['warp_growth'] / 2**20:.0f} | {peak / 2**20:.0f} |")
     lines.append("")
     for r in results:
         n = r["n"]
         lines.append(
             f"- {n}x{n}: command runs {_runs(r, 'command')} s (exit "
             f"{'0' if r['converged'] else '1, not converged'}), baseline runs "
-            f"{_runs(r, 'baseline')} s; rest = command - baseline - align - warp (JSON, path "
-            "checks, click, the engine's imports beyond the baseline's, exit); aligned PNG "
-            f"{r['files']['png'] / 2**20:.1f} MB")
+            f"{_runs(r, 'baseline')} s; aligned PNG {r['files']['png'] / 2**20:.1f} MB")
+    lines.append("- rest = command - baseline - align - warp: the JSON, path checks, click, the "
+                 "engine's imports beyond the baseline's, exit, and noise; command CPU = user "
+                 "+ system time of the command process (above its wall time when threads ran)")
     return "\n".join(lines) + "\n"
 
 
