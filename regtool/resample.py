@@ -371,5 +371,6 @@ def warp(
             del values  # the next channel's coefficients replace this one's
     finally:
         if pool is not None:
-            pool.shutdown()
+            # On an error or Ctrl-C, strips not yet started are dropped, not run to the end.
+            pool.shutdown(cancel_futures=True)
     return out
