@@ -160,18 +160,21 @@ def _axis_weights(x: np.ndarray, step: float, size: int
     t3 = t2 * t
     u = 1.0 - t
     value = np.empty((4, x.size))
-    value[0] = u * u * u
-    value[1] = 3.0 * t3 - 6.0 * t2 + 4.0
-    value[2] = 3.0 * (t2 + t - t3) + 1.0
-    value[3] = t3
-    value *= 1.0 / 6.0
+    np.multiply(u * u, u * (1.0 / 6.0), out=value[0])
+    np.multiply(t3, 1.0 / 6.0, out=value[3])
+    np.subtract(0.5 * t3 + 2.0 / 3.0, t2, out=value[1])
+    np.subtract(1.0 - value[0], value[1], out=value[2])  # the weights sum to 1
+    value[2] -= value[3]
     # the third derivatives of the four weights are -1, 3, -3, 1
     c = step * step / 6.0
     diff = np.empty((4, x.size))
-    diff[0] = -0.5 * u * u - c
-    diff[1] = 1.5 * t2 - 2.0 * t + 3.0 * c
-    diff[2] = 0.5 + t - 1.5 * t2 - 3.0 * c
-    diff[3] = 0.5 * t2 + c
+    np.multiply(u * u, -0.5, out=diff[0])
+    diff[0] -= c
+    np.add(0.5 * t2, c, out=diff[3])
+    np.subtract(1.5 * t2 + 3.0 * c, 2.0 * t, out=diff[1])
+    np.add(diff[0], diff[1], out=diff[2])  # the weights sum to 0
+    diff[2] += diff[3]
+    np.negative(diff[2], out=diff[2])
     return value, diff, first, inner
 
 
@@ -273,9 +276,12 @@ def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
         jt -= jt.mean(axis=1, keepdims=True)
     sens = jt @ js.T
     nbx = int(level.shape[1] // block) + 1
-    cluster = (ys // block).astype(np.int64) * nbx + (xs // block).astype(np.int64)
-    _, cluster = np.unique(cluster, return_inverse=True)
-    n_blocks = int(cluster.max()) + 1
+    cluster = (ys // block).astype(np.intp) * nbx + (xs // block).astype(np.intp)
+    # the occupied blocks numbered in order (np.unique's inverse, without its sort: 0.05
+    # instead of 0.5 ms at 16384 points)
+    occupied = np.bincount(cluster) > 0
+    cluster = (np.cumsum(occupied) - 1)[cluster]
+    n_blocks = int(np.count_nonzero(occupied))
     if n_blocks < MIN_BLOCKS:
         return Uncertainty.unavailable(
             f"too little of the image overlaps to estimate it ({n_blocks} blocks of {block} px)")
