@@ -75,8 +75,9 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
         if overlap < min_overlap:
             return LevelOutcome(m, it, best_loss, False, _overlap_fail(overlap, min_overlap),
                                 overlap)
-        res = L.residual(level.sample(level.source_coeffs, m, rc=rc), level.target, valid,
-                         metric)
+        warped = (level.sample(level.source_coeffs, m) if rc is None
+                  else level.sample_cubic(rc, valid))
+        res = L.residual(warped, level.target, valid, metric)
         if prev is not None:
             rise = res.objective - prev[3]
             if rise > 1e-6 * prev[3] and rise > 0.25 * prev[4]:
