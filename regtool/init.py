@@ -72,18 +72,38 @@ def _padded(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _polar_spectrum(image: np.ndarray, size: int) -> np.ndarray:
-    """Log-magnitude spectrum on a polar grid (radius x angle in [0, pi)), rows standardized."""
-    spec = np.abs(np.fft.fftshift(np.fft.fft2(_padded(image, (size, size)))))
-    spec = np.log1p(spec)
+@lru_cache(maxsize=16)
+def _polar_grid(size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Bilinear taps ``(4, n)`` into a shifted ``size x size`` spectrum and their weights, for
+    the polar grid (radius x angle in [0, pi)) of :func:`_polar_spectrum`, and its shape.
+
+    The grid depends on the size alone: computed once, the resampling is four gathers (0.03
+    instead of 0.19 ms per spectrum at 75x75 with scipy's map_coordinates and the grid made
+    afresh). Every point lies inside the spectrum, so no edge mode is needed.
+    """
     c = size / 2.0
     radii = np.arange(max(2.0, size / 32.0), size * 0.45, 1.0)
     angles = np.arange(N_ANGLES) * (math.pi / N_ANGLES)
     r, a = np.meshgrid(radii, angles, indexing="ij")
     # spectrum index (row = ky, col = kx); angle measured in the (x, y) frame of GUIDE 2
-    rows = c + r * np.sin(a)
-    cols = c + r * np.cos(a)
-    polar = ndimage.map_coordinates(spec, [rows, cols], order=1, mode="nearest")
+    rows = (c + r * np.sin(a)).ravel()
+    cols = (c + r * np.cos(a)).ravel()
+    r0, c0 = np.floor(rows), np.floor(cols)
+    ty, tx = rows - r0, cols - c0
+    first = r0.astype(np.intp) * size + c0.astype(np.intp)
+    taps = np.stack([first, first + 1, first + size, first + size + 1])
+    weights = np.stack([(1 - ty) * (1 - tx), (1 - ty) * tx, ty * (1 - tx), ty * tx])
+    return taps, weights, r.shape
+
+
+def _polar_spectrum(image: np.ndarray, size: int) -> np.ndarray:
+    """Log-magnitude spectrum on a polar grid (radius x angle in [0, pi)), rows standardized."""
+    spec = np.abs(np.fft.fftshift(np.fft.fft2(_padded(image, (size, size)))))
+    spec = np.log1p(spec)
+    taps, weights, shape = _polar_grid(size)
+    # summed in float64 and rounded to the spectrum's type, as scipy does
+    polar = np.einsum("kn,kn->n", spec.reshape(-1)[taps], weights).astype(spec.dtype)
+    polar = polar.reshape(shape)
     polar -= polar.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(polar, axis=1, keepdims=True)
     return polar / np.where(norm > 0, norm, 1.0)
