@@ -181,19 +181,19 @@ def _axis_weights(x: np.ndarray, step: float, size: int
 def _fd_samples(coeffs: np.ndarray, rc: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Spline value and central differences at ``rc`` from scipy (mirror edges)."""
-    def at(points: np.ndarray) -> np.ndarray:
-        return ndimage.map_coordinates(coeffs, points, output=np.float64, order=L.ORDER,
-                                       mode="mirror", prefilter=False)
-
-    value = at(rc)
-    grads = []
-    for axis in (1, 0):  # d/dx' (columns), then d/dy' (rows)
-        shifted = rc.copy()
-        shifted[axis] += FD_STEP
-        plus = at(shifted)
-        shifted[axis] -= 2 * FD_STEP
-        grads.append((plus - at(shifted)) / (2 * FD_STEP))
-    return value, grads[0], grads[1]
+    n = rc.shape[1]
+    points = np.empty((2, 5 * n))
+    for j, (axis, by) in enumerate(((None, 0.0), (1, FD_STEP), (1, -FD_STEP), (0, FD_STEP),
+                                    (0, -FD_STEP))):
+        part = points[:, j * n : (j + 1) * n]
+        part[...] = rc
+        if axis is not None:
+            part[axis] += by
+    # one call for the value and the four shifted samplings
+    at = ndimage.map_coordinates(coeffs, points, output=np.float64, order=L.ORDER,
+                                 mode="mirror", prefilter=False).reshape(5, n)
+    # d/dx' (columns), then d/dy' (rows)
+    return at[0], (at[1] - at[2]) / (2 * FD_STEP), (at[3] - at[4]) / (2 * FD_STEP)
 
 
 def _source_samples(coeffs: np.ndarray, rc: np.ndarray
@@ -255,8 +255,9 @@ def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
     """
     rc = level.source_coords(matrix)
     valid = level.overlap(matrix, rc)
-    # the residual reads the warped source on the overlap only
-    value, gxs, gys = _source_samples(level.source_coeffs, rc[:, valid])
+    # the residual reads the warped source on the overlap only (np.compress: indexing a 2-D
+    # array with a mask along its second axis took 0.17 ms here, compress 0.03 ms)
+    value, gxs, gys = _source_samples(level.source_coeffs, np.compress(valid, rc, axis=1))
     warped = np.zeros(level.target.shape, dtype=np.float32)
     warped[valid] = value
     res = L.residual(warped, level.target, valid, metric)
@@ -276,7 +277,8 @@ def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
         jt -= jt.mean(axis=1, keepdims=True)
     sens = jt @ js.T
     nbx = int(level.shape[1] // block) + 1
-    cluster = (ys // block).astype(np.intp) * nbx + (xs // block).astype(np.intp)
+    # integer division: on the float coordinates it took 0.3 ms at 16384 points
+    cluster = (ys.astype(np.intp) // block) * nbx + xs.astype(np.intp) // block
     # the occupied blocks numbered in order (np.unique's inverse, without its sort: 0.05
     # instead of 0.5 ms at 16384 points)
     occupied = np.bincount(cluster) > 0
