@@ -164,22 +164,25 @@ class LevelImages:
     def sample_cubic(self, rc: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """The source spline at ``rc`` (float32) where ``valid``; 0 elsewhere.
 
-        The same values as :meth:`sample` (scipy computes the sum in float64 too, and both
-        round it to float32 once), from one 16-tap gather and two small contractions instead of
-        scipy's per-point loop: 0.7 instead of 0.9 ms at 16384 points. Points whose taps leave
-        the image (a sample exactly on the margin) go through scipy.
+        One 16-tap gather and two small contractions in float32, instead of scipy's per-point
+        loop in float64: 0.53 instead of 0.91 ms at 16384 points (float64 here took 0.76 ms).
+        The values differ from :meth:`sample`'s by a few float32 roundings (1e-7 relative); over
+        the benchmark's 90 cases of the small, medium and gain tiers that moved the results by
+        at most 5e-7 px and changed no error by more than 2e-5 of itself. Points whose taps
+        leave the image (a sample exactly on the margin) go through scipy.
         """
         coeffs = self.source_coeffs
         h, w = coeffs.shape
-        wy, fy = _cubic_weights(rc[0])
-        wx, fx = _cubic_weights(rc[1])
+        wy, fy = _cubic_weights(rc[0], np.float32)
+        wx, fx = _cubic_weights(rc[1], np.float32)
         inside = (fy >= 0) & (fy <= h - 4) & (fx >= 0) & (fx <= w - 4)
         first = fy * w
         first += fx
         if not inside.all():
             first[~inside] = 0
-        block = coeffs.reshape(-1)[first + _taps(w)].astype(np.float64).reshape(4, 4, -1)
-        out = np.einsum("an,an->n", wy, np.einsum("bn,abn->an", wx, block)).astype(np.float32)
+        block = coeffs.reshape(-1)[first + _taps(w)].astype(np.float32, copy=False)
+        block = block.reshape(4, 4, -1)
+        out = np.einsum("an,an->n", wy, np.einsum("bn,abn->an", wx, block))
         out[~valid] = 0.0
         edge = np.flatnonzero(valid & ~inside)
         if edge.size:
@@ -221,17 +224,17 @@ def _taps(width: int) -> np.ndarray:
     return (np.arange(4)[:, None] * width + np.arange(4)[None, :]).reshape(16, 1)
 
 
-def _cubic_weights(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cubic_weights(x: np.ndarray, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
     """Cubic B-spline weights ``(4, n)`` at ``x`` of the taps from ``floor(x) - 1`` on, and
     that first tap."""
     f = np.floor(x)
-    t = x - f
+    t = (x - f).astype(dtype, copy=False)  # the fraction exact in float64, then rounded
     first = f.astype(np.intp)
     first -= 1
     t2 = t * t
     t3 = t2 * t
     u = 1.0 - t
-    weights = np.empty((4, x.size))
+    weights = np.empty((4, x.size), dtype=dtype)
     np.multiply(u * u, u * (1.0 / 6.0), out=weights[0])
     np.multiply(t3, 1.0 / 6.0, out=weights[3])
     np.subtract(0.5 * t3 + 2.0 / 3.0, t2, out=weights[1])
