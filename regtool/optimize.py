@@ -69,15 +69,18 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
     it = 0
     while it < max_iter:
         it += 1
+        # a dense level's overlap comes from row intervals, without the points' coordinates
         rc = None if level.dense else level.source_coords(m)
         valid = level.overlap(m, rc)
         overlap = float(np.count_nonzero(valid)) / max(n_target, 1)
         if overlap < min_overlap:
             return LevelOutcome(m, it, best_loss, False, _overlap_fail(overlap, min_overlap),
                                 overlap)
-        warped = (level.sample(level.source_coeffs, m) if rc is None
-                  else level.sample_cubic(rc, valid))
-        res = L.residual(warped, level.target, valid, metric)
+        if rc is None:
+            # sample_cubic beats scipy's affine_transform on a whole grid too (0.25 -> 0.14 ms
+            # on a 75x62 grid)
+            rc = level.source_coords(m)
+        res = L.residual(level.sample_cubic(rc, valid), level.target, valid, metric)
         if prev is not None:
             rise = res.objective - prev[3]
             if rise > 1e-6 * prev[3] and rise > 0.25 * prev[4]:
