@@ -9,10 +9,8 @@ global search), :mod:`regtool.loss` and :mod:`regtool.optimize` (one level's sol
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,32 +52,6 @@ COARSE_TOL = 0.01
 # The global search runs at the level whose shorter side is 48 to 95 pixels: enough texture for
 # the spectra and phase correlation, and a few milliseconds of FFTs.
 SEARCH_SIDE = 48
-
-# From this many target pixels on, independent work runs on a second thread: the two images'
-# pyramids, and the quality check beside the error bars (scipy.ndimage and numpy's loops
-# release the GIL). Smaller images spend their time in short numpy calls that contend for the
-# GIL more than they overlap: against one thread, the whole call took 1.06x as long at 251x301,
-# 1.00x at 512x512 and 0.95x at 1024x1024 (medians over 9 benchmark cases, 2-core VM). The
-# results are the same either way.
-PARALLEL_MIN_PIXELS = 1 << 20
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The second thread, started on first use (and again in a forked child)."""
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regtool")
-    return _POOL
-
-
-def _forget_pool() -> None:
-    global _POOL
-    _POOL = None  # a forked child does not inherit the parent's threads
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _points(k: int) -> dict[str, int]:
@@ -323,15 +295,8 @@ def align(
     auto = isinstance(init, str) and init == "auto"
     k_search = pyramid.auto_levels(f.shape, g.shape, min_side=SEARCH_SIDE) - 1
     n_build = max(n_levels, k_search + 1) if auto else n_levels
-    parallel = f.size >= PARALLEL_MIN_PIXELS
-    if parallel:
-        g_levels = _pool().submit(pyramid.build, g, n_build)
-        f_levels = pyramid.build(f, n_build)
-        pyr = _Pyramids(f_levels, g_levels.result(), pyramid.build_mask(f_mask, n_build),
-                        pyramid.build_mask(g_mask, n_build))
-    else:
-        pyr = _Pyramids(pyramid.build(f, n_build), pyramid.build(g, n_build),
-                        pyramid.build_mask(f_mask, n_build), pyramid.build_mask(g_mask, n_build))
+    pyr = _Pyramids(pyramid.build(f, n_build), pyramid.build(g, n_build),
+                    pyramid.build_mask(f_mask, n_build), pyramid.build_mask(g_mask, n_build))
     prepared: dict[int, L.LevelImages] = {}
     if auto:
         m, init_info, prepared[k_search] = _search(pyr, k_search, m, min_overlap)
@@ -342,23 +307,11 @@ def align(
                        SOLVERS[optimizer], metric, tol, iters, min_overlap, progress)
     tx, ty, theta = rigid_params(descent.matrix)
     m = rigid_matrix(tx, ty, theta)  # re-orthonormalize what round-off left
-    converged, reason = descent.converged, descent.reason
-    # the error bars, computed beside the quality check and dropped if that says no match
-    bars: Future[U.Uncertainty] | None = None
-    if parallel and converged:
-        bars = _pool().submit(_error_bars, descent, m, metric, True, init_info)
     quality = Q.assess(f, f_mask, g, g_mask, m)
+    converged, reason = descent.converged, descent.reason
     if converged:
         reason = Q.verdict(quality, metric)
         converged = reason is None
-    if bars is not None and converged:
-        uncertainty = bars.result()
-    else:
-        if bars is not None:
-            # not a match after all: wait for the speculative bars (the thread is reused) and
-            # drop them, whatever they came to
-            bars.exception()
-        uncertainty = _error_bars(descent, m, metric, converged, init_info)
     center0 = image_center(f.shape)
     sx, sy, _ = center_params(m, center0)
     return Result(
@@ -371,5 +324,5 @@ def align(
         source_shape=(int(g.shape[0]), int(g.shape[1])),
         ncc=quality.ncc, residual=quality.residual, detail_ncc=quality.detail_ncc,
         init=init_info,
-        uncertainty=uncertainty,
+        uncertainty=_error_bars(descent, m, metric, converged, init_info),
     )

@@ -269,22 +269,3 @@ def test_mask_shape_and_coverage_are_checked():
     with pytest.raises(regtool.InputError, match="usable pixels") as info:
         regtool.align(img, img, target_mask=np.zeros((64, 64), bool))
     assert info.value.which == "target"
-
-
-def test_second_thread_changes_nothing(monkeypatch):
-    from regtool import register
-
-    shape = (200, 176)
-    target, source, _ = make_pair(photo(1), shape, (7.0, -5.0), 9.0, noise=0.02, seed=3)
-    unrelated = photo(2)[: shape[0], : shape[1]].astype(np.float32)
-    results = {}
-    for label, threshold in (("serial", 1 << 60), ("threads", 0)):
-        monkeypatch.setattr(register, "PARALLEL_MIN_PIXELS", threshold)
-        results[label] = (regtool.align(target, source), regtool.align(unrelated, source))
-    for a, b in zip(results["serial"], results["threads"], strict=True):
-        assert np.array_equal(a.matrix, b.matrix)
-        assert (a.converged, a.reason, a.ncc, a.detail_ncc) == (b.converged, b.reason, b.ncc,
-                                                                b.detail_ncc)
-        assert a.uncertainty.to_dict() == b.uncertainty.to_dict()
-    assert results["threads"][0].uncertainty.endpoint_px is not None
-    assert not results["threads"][1].converged
