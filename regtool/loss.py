@@ -175,7 +175,9 @@ class LevelImages:
         h, w = coeffs.shape
         wy, fy = _cubic_weights(rc[0], np.float32)
         wx, fx = _cubic_weights(rc[1], np.float32)
-        inside = (fy >= 0) & (fy <= h - 4) & (fx >= 0) & (fx <= w - 4)
+        # 0 <= first <= size - 4, negative firsts wrapping to huge unsigned ones
+        inside = fy.view(np.uintp) <= h - 4
+        inside &= fx.view(np.uintp) <= w - 4
         first = fy * w
         first += fx
         if not inside.all():
@@ -500,8 +502,13 @@ def _sum_squares(e: np.ndarray) -> float:
     return dot(flat, flat)
 
 
-def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: str) -> Residual:
-    """Residual of the warped source against the target over ``valid`` pixels."""
+def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: str,
+             gradient: bool = True) -> Residual:
+    """Residual of the warped source against the target over ``valid`` pixels.
+
+    ``gradient=False`` leaves ``e_grad`` None (for ``ncc``: one image-sized array less, which
+    only the gradient-based solvers read).
+    """
     n = int(np.count_nonzero(valid))
     if n == 0:
         return Residual(np.zeros_like(target), valid, 0, math.inf, math.inf, 1.0)
@@ -510,8 +517,9 @@ def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: 
         e[~valid] = 0.0
         obj = _sum_squares(e) / n
         return Residual(e, valid, n, obj, obj, 1.0, e)
-    gv = warped[valid].astype(np.float64)
-    fv = target[valid].astype(np.float64)
+    every = n == valid.size  # no masked gathers then (the usual case on a coarse level)
+    gv = (warped if every else warped[valid]).astype(np.float64)
+    fv = (target if every else target[valid]).astype(np.float64)
     gm, fm = gv.mean(), fv.mean()
     gc, fc = gv - gm, fv - fm
     sgg, sff, sgf = dot(gc, gc), dot(fc, fc), dot(gc, fc)
@@ -519,10 +527,16 @@ def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: 
         return Residual(np.zeros_like(target), valid, n, math.inf, math.inf, 1.0)
     a = math.sqrt(sff / sgg)
     ncc = sgf / math.sqrt(sgg * sff)
-    e = np.zeros(target.shape, dtype=np.float32)
-    e[valid] = a * gc - fc
-    e_grad = np.zeros(target.shape, dtype=np.float32)
-    e_grad[valid] = a * ncc * gc - fc
+
+    def on_overlap(values: np.ndarray) -> np.ndarray:
+        if every:
+            return values.astype(np.float32)
+        out = np.zeros(target.shape, dtype=np.float32)
+        out[valid] = values
+        return out
+
+    e = on_overlap(a * gc - fc)
+    e_grad = on_overlap(a * ncc * gc - fc) if gradient else None
     obj = 2.0 * sff * (1.0 - ncc) / n
     return Residual(e, valid, n, obj, 1.0 - ncc, a, e_grad)
 

@@ -80,7 +80,8 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
             # sample_cubic beats scipy's affine_transform on a whole grid too (0.25 -> 0.14 ms
             # on a 75x62 grid)
             rc = level.source_coords(m)
-        res = L.residual(level.sample_cubic(rc, valid), level.target, valid, metric)
+        res = L.residual(level.sample_cubic(rc, valid), level.target, valid, metric,
+                         gradient=False)
         if prev is not None:
             rise = res.objective - prev[3]
             if rise > 1e-6 * prev[3] and rise > 0.25 * prev[4]:

@@ -260,7 +260,7 @@ def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
     value, gxs, gys = _source_samples(level.source_coeffs, np.compress(valid, rc, axis=1))
     warped = np.zeros(level.target.shape, dtype=np.float32)
     warped[valid] = value
-    res = L.residual(warped, level.target, valid, metric)
+    res = L.residual(warped, level.target, valid, metric, gradient=False)
     if res.count < 3 * MIN_BLOCKS or not math.isfinite(res.objective):
         return Uncertainty.unavailable("too few pixels in the overlap to estimate it")
     xs, ys = level.coords()
