@@ -59,6 +59,9 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
     sd[2] = gy * (xs - center[0]) - gx * (ys - center[1])
     del xs, ys
     h_all = L.gram(sd if n_target == tv.size else sd[:, tv])
+    # sum of the steepest-descent images over the usable points, for the ncc centring while
+    # every one of them is in the overlap (the usual case); computed once, as the loop would
+    sd_sum: np.ndarray | None = None
 
     m = matrix.copy()
     # (matrix, hessian, gradient, objective, predicted reduction) of the last accepted point
@@ -72,7 +75,8 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
         # a dense level's overlap comes from row intervals, without the points' coordinates
         rc = None if level.dense else level.source_coords(m)
         valid = level.overlap(m, rc)
-        overlap = float(np.count_nonzero(valid)) / max(n_target, 1)
+        n_valid = int(np.count_nonzero(valid))  # valid lies within tv
+        overlap = float(n_valid) / max(n_target, 1)
         if overlap < min_overlap:
             return LevelOutcome(m, it, best_loss, False, _overlap_fail(overlap, min_overlap),
                                 overlap)
@@ -100,14 +104,19 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
         lam *= 0.1
         best_loss = res.loss
         b = (sd @ res.e).astype(np.float64)
-        lost = np.flatnonzero(tv & ~valid)
         h = h_all
-        if lost.size:
-            h = h_all - L.gram(sd[:, lost])
+        if n_valid < n_target:
+            h = h_all - L.gram(sd[:, np.flatnonzero(tv & ~valid)])
         if metric == "ncc":
             # The fitted offset makes e zero-mean on the overlap; centre the steepest-descent
             # images too, so the Hessian ignores the part a constant offset already explains.
-            mean = (sd @ valid.astype(np.float32)).astype(np.float64) / res.count
+            if n_valid < n_target:
+                total = sd @ valid.astype(np.float32)
+            else:
+                if sd_sum is None:
+                    sd_sum = sd @ valid.astype(np.float32)
+                total = sd_sum
+            mean = total.astype(np.float64) / res.count
             h = h - res.count * np.outer(mean, mean)
         try:
             step = np.linalg.solve(h + lam * np.diag(np.diag(h)), b)
