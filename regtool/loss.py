@@ -493,7 +493,10 @@ def dot(a: np.ndarray, b: np.ndarray) -> float:
 
 def gram(rows: np.ndarray) -> np.ndarray:
     """``rows @ rows.T`` in float64 for a few long rows, without BLAS (see :func:`dot`)."""
-    return np.einsum("ij,kj->ik", rows, rows, dtype=np.float64)
+    # converted first: einsum's own casting (dtype=) took twice as long (0.093 against 0.047
+    # ms for 3 x 16384 float32)
+    rows = rows.astype(np.float64, copy=False)
+    return np.einsum("ij,kj->ik", rows, rows)
 
 
 def _sum_squares(e: np.ndarray) -> float:
