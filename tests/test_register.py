@@ -269,3 +269,13 @@ def test_mask_shape_and_coverage_are_checked():
     with pytest.raises(regtool.InputError, match="usable pixels") as info:
         regtool.align(img, img, target_mask=np.zeros((64, 64), bool))
     assert info.value.which == "target"
+
+
+def test_float32_inputs_are_used_as_they_are_and_left_untouched():
+    shape = (160, 144)
+    target, source, _ = make_pair(photo(0), shape, (4.0, -3.0), 6.0, noise=0.01, seed=5)
+    target, source = target.astype(np.float32), source.astype(np.float32)
+    before = target.copy(), source.copy()
+    r = regtool.align(target, source)
+    assert r.converged
+    assert np.array_equal(target, before[0]) and np.array_equal(source, before[1])
