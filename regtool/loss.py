@@ -4,16 +4,17 @@ Everything here works at one pyramid level, in that level's pixel coordinates, o
 
 Image model
 -----------
-Both images are seen through one cubic B-spline kernel with their samples as the coefficients
-(the smoothing, "approximating" spline): the source is sampled at warped points with
-``map_coordinates(order=3, prefilter=False)``, and the target at its own pixel centers, where the
-same spline reduces to the 3-tap filter ``(1, 4, 1) / 6`` along each axis, with exact derivatives
-``(-1/2, 0, 1/2)`` along one axis and ``(1, 4, 1) / 6`` along the other. The spline is C2, so the
-loss surface has no kinks at integer shifts (bilinear's has), and with identical blur on both
-sides a perfect match stays a perfect match. Against interpolating the source (prefilter, then
-sample) it saves the prefilter's full-image passes and an image-sized coefficient array per level;
-its sub-pixel behaviour is the same order (both kernels pass the aliased part of the spectrum at
-about 1% at half the Nyquist frequency).
+Both images are seen through one cubic B-spline kernel with their samples as the coefficients (the
+smoothing, "approximating" spline): the source is sampled at warped points as
+``map_coordinates(order=3, prefilter=False)`` would (the solver's iterations through
+:meth:`LevelImages.sample_cubic`, the same sum in float32), and the target at its own pixel
+centers, where the same spline reduces to the 3-tap filter ``(1, 4, 1) / 6`` along each axis, with
+exact derivatives ``(-1/2, 0, 1/2)`` along one axis and ``(1, 4, 1) / 6`` along the other. The
+spline is C2, so the loss surface has no kinks at integer shifts (bilinear's has), and with
+identical blur on both sides a perfect match stays a perfect match. Against interpolating the
+source (prefilter, then sample) it saves the prefilter's full-image passes and an image-sized
+coefficient array per level; its sub-pixel behaviour is the same order (both kernels pass the
+aliased part of the spectrum at about 1% at half the Nyquist frequency).
 
 Metrics
 -------
