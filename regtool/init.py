@@ -72,18 +72,38 @@ def _padded(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _polar_spectrum(image: np.ndarray, size: int) -> np.ndarray:
-    """Log-magnitude spectrum on a polar grid (radius x angle in [0, pi)), rows standardized."""
-    spec = np.abs(np.fft.fftshift(np.fft.fft2(_padded(image, (size, size)))))
-    spec = np.log1p(spec)
+@lru_cache(maxsize=16)
+def _polar_grid(size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Bilinear taps ``(4, n)`` into a shifted ``size x size`` spectrum and their weights, for
+    the polar grid (radius x angle in [0, pi)) of :func:`_polar_spectrum`, and its shape.
+
+    The grid depends on the size alone: computed once, the resampling is four gathers (0.03
+    instead of 0.19 ms per spectrum at 75x75 with scipy's map_coordinates and the grid made
+    afresh). Every point lies inside the spectrum, so no edge mode is needed.
+    """
     c = size / 2.0
     radii = np.arange(max(2.0, size / 32.0), size * 0.45, 1.0)
     angles = np.arange(N_ANGLES) * (math.pi / N_ANGLES)
     r, a = np.meshgrid(radii, angles, indexing="ij")
     # spectrum index (row = ky, col = kx); angle measured in the (x, y) frame of GUIDE 2
-    rows = c + r * np.sin(a)
-    cols = c + r * np.cos(a)
-    polar = ndimage.map_coordinates(spec, [rows, cols], order=1, mode="nearest")
+    rows = (c + r * np.sin(a)).ravel()
+    cols = (c + r * np.cos(a)).ravel()
+    r0, c0 = np.floor(rows), np.floor(cols)
+    ty, tx = rows - r0, cols - c0
+    first = r0.astype(np.intp) * size + c0.astype(np.intp)
+    taps = np.stack([first, first + 1, first + size, first + size + 1])
+    weights = np.stack([(1 - ty) * (1 - tx), (1 - ty) * tx, ty * (1 - tx), ty * tx])
+    return taps, weights, r.shape
+
+
+def _polar_spectrum(image: np.ndarray, size: int) -> np.ndarray:
+    """Log-magnitude spectrum on a polar grid (radius x angle in [0, pi)), rows standardized."""
+    spec = np.abs(np.fft.fftshift(np.fft.fft2(_padded(image, (size, size)))))
+    spec = np.log1p(spec)
+    taps, weights, shape = _polar_grid(size)
+    # summed in float64 and rounded to the spectrum's type, as scipy does
+    polar = np.einsum("kn,kn->n", spec.reshape(-1)[taps], weights).astype(spec.dtype)
+    polar = polar.reshape(shape)
     polar -= polar.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(polar, axis=1, keepdims=True)
     return polar / np.where(norm > 0, norm, 1.0)
@@ -180,16 +200,31 @@ def turned(source: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) -> np
                                     output=np.float32, order=1, mode="constant", cval=np.nan)
 
 
-def _candidate(target: np.ndarray, source: np.ndarray, target_valid: np.ndarray | None,
-               source_valid: np.ndarray | None, theta: float,
-               target_fft: np.ndarray | None = None) -> Candidate:
-    """Turn the source by ``theta`` onto the target's grid and phase-correlate for the shift."""
-    rot = rotation_about(theta, target.shape, source.shape)
-    moved = turned(source, rot, target.shape)
+def _turned_source(target_shape: tuple[int, int], source: np.ndarray,
+                   source_valid: np.ndarray | None, theta: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rotation about the centers by ``theta``, the source turned by it onto the target's
+    grid (0 where it has no value) and where it has one."""
+    rot = rotation_about(theta, target_shape, source.shape)
+    moved = turned(source, rot, target_shape)
     moved_valid = np.isfinite(moved)
     if source_valid is not None:
-        moved_valid &= turned(source_valid.astype(np.float32), rot, target.shape) > 0.999
+        moved_valid &= turned(source_valid.astype(np.float32), rot, target_shape) > 0.999
     moved = np.where(moved_valid, moved, 0.0).astype(np.float32)
+    return rot, moved, moved_valid
+
+
+def _candidate(target: np.ndarray, source: np.ndarray, target_valid: np.ndarray | None,
+               source_valid: np.ndarray | None, theta: float,
+               target_fft: np.ndarray | None = None,
+               turned_source: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+               ) -> Candidate:
+    """Turn the source by ``theta`` onto the target's grid and phase-correlate for the shift.
+
+    ``turned_source`` is :func:`_turned_source` of ``theta`` when the caller has it.
+    """
+    rot, moved, moved_valid = (turned_source if turned_source is not None
+                               else _turned_source(target.shape, source, source_valid, theta))
     sx, sy, peak = phase_correlation(target, moved, target_valid, moved_valid, target_fft)
     shift = np.array([[1.0, 0.0, sx], [0.0, 1.0, sy], [0.0, 0.0, 1.0]])
     return Candidate(rot @ shift, math.atan2(math.sin(theta), math.cos(theta)), peak)
@@ -213,8 +248,13 @@ def candidates(target: np.ndarray, source: np.ndarray, target_valid: np.ndarray 
     out: list[Candidate] = []
     spectrum = target_spectrum(target, target_valid)
     for theta0, _ in rotation_candidates(target, source, target_valid, source_valid, count):
-        for theta in (theta0, theta0 + math.pi):
-            cand = _candidate(target, source, target_valid, source_valid, theta, spectrum)
+        rot, moved, moved_valid = _turned_source(target.shape, source, source_valid, theta0)
+        # Turning by theta + pi about the centers reads the same grid backwards (the target's
+        # grid is symmetric about its center): a flip instead of a second resampling.
+        half_turn = (rotation_about(theta0 + math.pi, target.shape, source.shape),
+                     moved[::-1, ::-1], moved_valid[::-1, ::-1])
+        for theta, seen in ((theta0, (rot, moved, moved_valid)), (theta0 + math.pi, half_turn)):
+            cand = _candidate(target, source, target_valid, source_valid, theta, spectrum, seen)
             cand.spectral = True
             out.append(cand)
     if not out or max(c.peak for c in out) < PEAK_SURE:

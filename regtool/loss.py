@@ -4,16 +4,17 @@ Everything here works at one pyramid level, in that level's pixel coordinates, o
 
 Image model
 -----------
-Both images are seen through one cubic B-spline kernel with their samples as the coefficients
-(the smoothing, "approximating" spline): the source is sampled at warped points with
-``map_coordinates(order=3, prefilter=False)``, and the target at its own pixel centers, where the
-same spline reduces to the 3-tap filter ``(1, 4, 1) / 6`` along each axis, with exact derivatives
-``(-1/2, 0, 1/2)`` along one axis and ``(1, 4, 1) / 6`` along the other. The spline is C2, so the
-loss surface has no kinks at integer shifts (bilinear's has), and with identical blur on both
-sides a perfect match stays a perfect match. Against interpolating the source (prefilter, then
-sample) it saves the prefilter's full-image passes and an image-sized coefficient array per level;
-its sub-pixel behaviour is the same order (both kernels pass the aliased part of the spectrum at
-about 1% at half the Nyquist frequency).
+Both images are seen through one cubic B-spline kernel with their samples as the coefficients (the
+smoothing, "approximating" spline): the source is sampled at warped points as
+``map_coordinates(order=3, prefilter=False)`` would (the solver's iterations through
+:meth:`LevelImages.sample_cubic`, the same sum in float32), and the target at its own pixel
+centers, where the same spline reduces to the 3-tap filter ``(1, 4, 1) / 6`` along each axis, with
+exact derivatives ``(-1/2, 0, 1/2)`` along one axis and ``(1, 4, 1) / 6`` along the other. The
+spline is C2, so the loss surface has no kinks at integer shifts (bilinear's has), and with
+identical blur on both sides a perfect match stays a perfect match. Against interpolating the
+source (prefilter, then sample) it saves the prefilter's full-image passes and an image-sized
+coefficient array per level; its sub-pixel behaviour is the same order (both kernels pass the
+aliased part of the spectrum at about 1% at half the Nyquist frequency).
 
 Metrics
 -------
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
@@ -163,6 +165,37 @@ class LevelImages:
         return ndimage.map_coordinates(coeffs, rc, output=output, order=order, mode=mode,
                                        cval=cval, prefilter=False)
 
+    def sample_cubic(self, rc: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """The source spline at ``rc`` (float32) where ``valid``; 0 elsewhere.
+
+        One 16-tap gather and two small contractions in float32, instead of scipy's per-point
+        loop in float64: 0.53 instead of 0.91 ms at 16384 points (float64 here took 0.76 ms).
+        The values differ from :meth:`sample`'s by a few float32 roundings (1e-7 relative); over
+        the benchmark's 90 cases of the small, medium and gain tiers that moved the results by
+        at most 5e-7 px and changed no error by more than 2e-5 of itself. Points whose taps
+        leave the image (a sample exactly on the margin) go through scipy.
+        """
+        coeffs = self.source_coeffs
+        h, w = coeffs.shape
+        wy, fy = _cubic_weights(rc[0], np.float32)
+        wx, fx = _cubic_weights(rc[1], np.float32)
+        # 0 <= first <= size - 4, negative firsts wrapping to huge unsigned ones
+        inside = fy.view(np.uintp) <= h - 4
+        inside &= fx.view(np.uintp) <= w - 4
+        first = fy * w
+        first += fx
+        if not inside.all():
+            first[~inside] = 0
+        block = coeffs.reshape(-1)[first + _taps(w)].astype(np.float32, copy=False)
+        block = block.reshape(4, 4, -1)
+        out = np.einsum("an,an->n", wy, np.einsum("bn,abn->an", wx, block))
+        out[~valid] = 0.0
+        edge = np.flatnonzero(valid & ~inside)
+        if edge.size:
+            out[edge] = ndimage.map_coordinates(coeffs, rc[:, edge], output=np.float32,
+                                                order=ORDER, mode="mirror", prefilter=False)
+        return out
+
     def overlap(self, matrix: np.ndarray, rc: np.ndarray | None = None) -> np.ndarray:
         """Points that count at ``matrix``: valid in the target and mapping inside the source.
 
@@ -189,6 +222,31 @@ class LevelImages:
                               mode="constant", cval=1.0, rc=rc)
             inside &= bad == 0
         return inside
+
+
+@lru_cache(maxsize=16)
+def _taps(width: int) -> np.ndarray:
+    """Raster offsets ``(16, 1)`` of a 4x4 neighbourhood in an image ``width`` pixels wide."""
+    return (np.arange(4)[:, None] * width + np.arange(4)[None, :]).reshape(16, 1)
+
+
+def _cubic_weights(x: np.ndarray, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """Cubic B-spline weights ``(4, n)`` at ``x`` of the taps from ``floor(x) - 1`` on, and
+    that first tap."""
+    f = np.floor(x)
+    t = (x - f).astype(dtype, copy=False)  # the fraction exact in float64, then rounded
+    first = f.astype(np.intp)
+    first -= 1
+    t2 = t * t
+    t3 = t2 * t
+    u = 1.0 - t
+    weights = np.empty((4, x.size), dtype=dtype)
+    np.multiply(u * u, u * (1.0 / 6.0), out=weights[0])
+    np.multiply(t3, 1.0 / 6.0, out=weights[3])
+    np.subtract(0.5 * t3 + 2.0 / 3.0, t2, out=weights[1])
+    np.subtract(1.0 - weights[0], weights[1], out=weights[2])  # the weights sum to 1
+    weights[2] -= weights[3]
+    return weights, first
 
 
 def spline_view(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -439,7 +497,10 @@ def dot(a: np.ndarray, b: np.ndarray) -> float:
 
 def gram(rows: np.ndarray) -> np.ndarray:
     """``rows @ rows.T`` in float64 for a few long rows, without BLAS (see :func:`dot`)."""
-    return np.einsum("ij,kj->ik", rows, rows, dtype=np.float64)
+    # converted first: einsum's own casting (dtype=) took twice as long (0.093 against 0.047
+    # ms for 3 x 16384 float32)
+    rows = rows.astype(np.float64, copy=False)
+    return np.einsum("ij,kj->ik", rows, rows)
 
 
 def _sum_squares(e: np.ndarray) -> float:
@@ -448,8 +509,13 @@ def _sum_squares(e: np.ndarray) -> float:
     return dot(flat, flat)
 
 
-def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: str) -> Residual:
-    """Residual of the warped source against the target over ``valid`` pixels."""
+def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: str,
+             gradient: bool = True) -> Residual:
+    """Residual of the warped source against the target over ``valid`` pixels.
+
+    ``gradient=False`` leaves ``e_grad`` None (for ``ncc``: one image-sized array less, which
+    only the gradient-based solvers read).
+    """
     n = int(np.count_nonzero(valid))
     if n == 0:
         return Residual(np.zeros_like(target), valid, 0, math.inf, math.inf, 1.0)
@@ -458,8 +524,9 @@ def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: 
         e[~valid] = 0.0
         obj = _sum_squares(e) / n
         return Residual(e, valid, n, obj, obj, 1.0, e)
-    gv = warped[valid].astype(np.float64)
-    fv = target[valid].astype(np.float64)
+    every = n == valid.size  # no masked gathers then (the usual case on a coarse level)
+    gv = (warped if every else warped[valid]).astype(np.float64)
+    fv = (target if every else target[valid]).astype(np.float64)
     gm, fm = gv.mean(), fv.mean()
     gc, fc = gv - gm, fv - fm
     sgg, sff, sgf = dot(gc, gc), dot(fc, fc), dot(gc, fc)
@@ -467,10 +534,16 @@ def residual(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, metric: 
         return Residual(np.zeros_like(target), valid, n, math.inf, math.inf, 1.0)
     a = math.sqrt(sff / sgg)
     ncc = sgf / math.sqrt(sgg * sff)
-    e = np.zeros(target.shape, dtype=np.float32)
-    e[valid] = a * gc - fc
-    e_grad = np.zeros(target.shape, dtype=np.float32)
-    e_grad[valid] = a * ncc * gc - fc
+
+    def on_overlap(values: np.ndarray) -> np.ndarray:
+        if every:
+            return values.astype(np.float32)
+        out = np.zeros(target.shape, dtype=np.float32)
+        out[valid] = values
+        return out
+
+    e = on_overlap(a * gc - fc)
+    e_grad = on_overlap(a * ncc * gc - fc) if gradient else None
     obj = 2.0 * sff * (1.0 - ncc) / n
     return Residual(e, valid, n, obj, 1.0 - ncc, a, e_grad)
 

@@ -87,6 +87,10 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
         return LevelOutcome(mat, it, best_loss, converged, reason, overlap, stats[0], stats[1],
                             stats[2])
 
+    # sum of the steepest-descent images over the usable points, for the ncc centring while
+    # every one of them is in the overlap (the usual case); computed once, as the loop would
+    sd_sum: np.ndarray | None = None
+
     m = matrix.copy()
     # (matrix, hessian, gradient, objective, predicted reduction) of the last accepted point
     prev: tuple[np.ndarray, np.ndarray, np.ndarray, float, float] | None = None
@@ -96,14 +100,20 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
     it = 0
     while it < max_iter:
         it += 1
+        # a dense level's overlap comes from row intervals, without the points' coordinates
         rc = None if level.dense else level.source_coords(m)
         valid = level.overlap(m, rc)
-        overlap = float(np.count_nonzero(valid)) / max(n_target, 1)
+        n_valid = int(np.count_nonzero(valid))  # valid lies within tv
+        overlap = float(n_valid) / max(n_target, 1)
         if overlap < min_overlap:
             return LevelOutcome(m, it, best_loss, False, _overlap_fail(overlap, min_overlap),
                                 overlap)
-        res = L.residual(level.sample(level.source_coeffs, m, rc=rc), level.target, valid,
-                         metric)
+        if rc is None:
+            # sample_cubic beats scipy's affine_transform on a whole grid too (0.25 -> 0.14 ms
+            # on a 75x62 grid)
+            rc = level.source_coords(m)
+        res = L.residual(level.sample_cubic(rc, valid), level.target, valid, metric,
+                         gradient=False)
         if prev is not None:
             rise = res.objective - prev[3]
             if rise > 1e-6 * prev[3] and rise > 0.25 * prev[4]:
@@ -122,14 +132,19 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
         lam *= 0.1
         best_loss = res.loss
         b = (sd @ res.e).astype(np.float64)
-        lost = np.flatnonzero(tv & ~valid)
         h = h_all
-        if lost.size:
-            h = h_all - L.gram(sd[:, lost])
+        if n_valid < n_target:
+            h = h_all - L.gram(sd[:, np.flatnonzero(tv & ~valid)])
         if metric == "ncc":
             # The fitted offset makes e zero-mean on the overlap; centre the steepest-descent
             # images too, so the Hessian ignores the part a constant offset already explains.
-            mean = (sd @ valid.astype(np.float32)).astype(np.float64) / res.count
+            if n_valid < n_target:
+                total = sd @ valid.astype(np.float32)
+            else:
+                if sd_sum is None:
+                    sd_sum = sd @ valid.astype(np.float32)
+                total = sd_sum
+            mean = total.astype(np.float64) / res.count
             h = h - res.count * np.outer(mean, mean)
         stats = (h, res.objective, _gradient_noise(lever, valid, res.count))
         try:

