@@ -32,21 +32,29 @@ def main(argv: list[str]) -> int:
         found = json.load(fh)
     with open(argv[1], encoding="utf-8") as fh:
         true = json.load(fh)
+    bars = found.get("uncertainty") or {}
+    shift_bar = bars.get("shift") or [None, None]
     rows = [
-        ("tx (px)", found["tx"], true["tx"]),
-        ("ty (px)", found["ty"], true["ty"]),
-        ("theta (deg)", found["theta_deg"], true["theta_deg"]),
-        ("shift x (px)", found["shift"][0], true["shift"][0]),
-        ("shift y (px)", found["shift"][1], true["shift"][1]),
+        ("tx (px)", found["tx"], true["tx"], None),
+        ("ty (px)", found["ty"], true["ty"], None),
+        ("theta (deg)", found["theta_deg"], true["theta_deg"], bars.get("theta_deg")),
+        ("shift x (px)", found["shift"][0], true["shift"][0], shift_bar[0]),
+        ("shift y (px)", found["shift"][1], true["shift"][1], shift_bar[1]),
     ]
     print(f"{found['source']} -> {found['target']}")
-    print(f"  {'':14}{'recovered':>12}{'true':>12}{'error':>12}")
-    for name, a, b in rows:
-        print(f"  {name:14}{a:12.4f}{b:12.4f}{a - b:+12.4f}")
+    print(f"  {'':14}{'recovered':>12}{'true':>12}{'error':>12}{'± (1 sigma)':>14}")
+    for name, a, b, bar in rows:
+        print(f"  {name:14}{a:12.4f}{b:12.4f}{a - b:+12.4f}"
+              + (f"{bar:14.4f}" if bar is not None else ""))
     err = corner_error(found["matrix"], true["matrix"], true["target_shape"])
     status = "yes" if found["converged"] else f"NO ({found['reason']})"
     print(f"  converged: {status}; {found['optimizer']}, {found['time_s']:.2f} s; "
           f"largest corner error {err:.4f} px")
+    if bars.get("endpoint_px") is not None:
+        print(f"  expected mean endpoint error, from the data: {bars['endpoint_px']:.4f} px "
+              "(it counts noise, here the 8-bit rounding; bias is left out)")
+    elif bars:
+        print(f"  no error bars: {bars.get('reason')}")
     return 0
 
 
