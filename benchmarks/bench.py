@@ -767,9 +767,15 @@ def time_vs_ecc_summary(runs: list[Run]) -> tuple[list[str], list[list[str]], li
     for r in runs:
         if r.case.tier in TIME_TIERS and r.method in (DEFAULT_METHOD, ECC_PYR):
             by_case.setdefault(r.case.name, {})[r.method] = r
+    left_out: dict[str, int] = {}
     for rs in by_case.values():
         if DEFAULT_METHOD in rs and ECC_PYR in rs:
             d, e = rs[DEFAULT_METHOD], rs[ECC_PYR]
+            if not (d.ok and e.ok):
+                # a failed call is no time to compare with: ECC that gives up on its first
+                # iterations ("Iterations do not converge") takes a fraction of a real call
+                left_out[_size_label(d.case)] = left_out.get(_size_label(d.case), 0) + 1
+                continue
             pairs.setdefault(_size_label(d.case), {}).setdefault(d.case.tier, []).append(
                 (d.seconds, e.seconds))
     if not pairs:
@@ -779,7 +785,8 @@ def time_vs_ecc_summary(runs: list[Run]) -> tuple[list[str], list[list[str]], li
                             f"{', '.join(TIME_TIERS)} (not installed, or not in --methods)"]
         return [], [], []
     tiers = [t for t in TIME_TIERS if any(t in p for p in pairs.values())]
-    header = (["size", "pairs", "default (ms)", "ecc-pyr (ms)", "median of paired ratios",
+    header = (["size", "pairs (both right)", "left out (a failure)", "default (ms)",
+               "ecc-pyr (ms)", "median of paired ratios",
                "ratio of medians"] + [f"{t}: median ratio" for t in tiers]
               + ["target", "met (median of paired ratios)"])
     rows = []
@@ -790,7 +797,8 @@ def time_vs_ecc_summary(runs: list[Run]) -> tuple[list[str], list[list[str]], li
         mine = statistics.median(a for a, _ in every)
         theirs = statistics.median(b for _, b in every)
         target = TIME_TARGETS.get(size)
-        row = [size, str(len(every)), f"{1000 * mine:.1f}", f"{1000 * theirs:.1f}",
+        row = [size, str(len(every)), str(left_out.get(size, 0)), f"{1000 * mine:.1f}",
+               f"{1000 * theirs:.1f}",
                f"{med:.2f}", f"{mine / theirs:.2f}"]
         for t in tiers:
             tp = pairs[size].get(t, [])
