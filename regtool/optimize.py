@@ -44,11 +44,16 @@ def _overlap_fail(frac: float, min_overlap: float) -> str:
             if frac > 0 else "the images no longer overlap")
 
 
-def _gradient_noise(lever: np.ndarray, valid: np.ndarray, count: int) -> np.ndarray:
+def _gradient_noise(level: L.LevelImages, center: tuple[float, float], valid: np.ndarray,
+                    count: int) -> np.ndarray:
     """Sum over the overlap of what unit white noise in the target's gradients adds to the
-    (centred) ``J^T J``: ``[[n, 0, -Sy], [0, n, Sx], [-Sy, Sx, S(x^2 + y^2)]]`` about the center."""
-    weights = valid.astype(np.float32)
-    sx, sy, sr = (L.dot(row, weights) for row in lever)
+    (centred) ``J^T J``: ``[[n, 0, -Sy], [0, n, Sx], [-Sy, Sx, S(x^2 + y^2)]]`` about the center,
+    from the rows (1, 0, -dy), (0, 1, dx), (-dy, dx, dx**2 + dy**2) of dPsi/dp per point."""
+    xs, ys = level.coords()
+    dx = np.compress(valid, xs).astype(np.float64) - center[0]
+    dy = np.compress(valid, ys).astype(np.float64) - center[1]
+    sx, sy = float(dx.sum()), float(dy.sum())
+    sr = L.dot(dx, dx) + L.dot(dy, dy)
     return np.array([[count, 0.0, -sy], [0.0, count, sx], [-sy, sx, sr]])
 
 
@@ -71,21 +76,18 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
     sd[0] = gx
     sd[1] = gy
     sd[2] = gy * (xs - center[0]) - gx * (ys - center[1])
-    # Per point, what white noise of unit variance in (gx, gy) adds to J^T J: the rows
-    # (1, 0, -dy), (0, 1, dx), (-dy, dx, dx**2 + dy**2) of dPsi/dp.
-    lever = np.empty((3, gx.size), dtype=np.float32)
-    lever[0] = xs - center[0]
-    lever[1] = ys - center[1]
-    lever[2] = lever[0] * lever[0] + lever[1] * lever[1]
     del xs, ys
     h_all = L.gram(sd if n_target == tv.size else sd[:, tv])
-    stats: tuple[np.ndarray, float, np.ndarray] | None = None
+    # (hessian, objective, overlap, its count) at the last accepted point; the gradient-noise
+    # sums are made from it once, on return (only the driver's level choice reads them)
+    stats: tuple[np.ndarray, float, np.ndarray, int] | None = None
 
     def outcome(mat: np.ndarray, converged: bool, reason: str | None) -> LevelOutcome:
         if stats is None:
             return LevelOutcome(mat, it, best_loss, converged, reason, overlap)
-        return LevelOutcome(mat, it, best_loss, converged, reason, overlap, stats[0], stats[1],
-                            stats[2])
+        h, objective, on, count = stats
+        return LevelOutcome(mat, it, best_loss, converged, reason, overlap, h, objective,
+                            _gradient_noise(level, center, on, count))
 
     # sum of the steepest-descent images over the usable points, for the ncc centring while
     # every one of them is in the overlap (the usual case); computed once, as the loop would
@@ -146,7 +148,7 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
                 total = sd_sum
             mean = total.astype(np.float64) / res.count
             h = h - res.count * np.outer(mean, mean)
-        stats = (h, res.objective, _gradient_noise(lever, valid, res.count))
+        stats = (h, res.objective, valid, res.count)
         try:
             step = np.linalg.solve(h + lam * np.diag(np.diag(h)), b)
         except np.linalg.LinAlgError:

@@ -152,19 +152,11 @@ def _axis_weights(x: np.ndarray, step: float, size: int
     derivative plus ``step**2 / 6`` times its constant third derivative, exactly) and every tap
     inside the image.
     """
-    f = np.floor(x)
-    t = x - f
-    first = f.astype(np.intp) - 1
+    value, first = L._cubic_weights(x)
+    t = x - np.floor(x)
     inner = (t >= step) & (t <= 1.0 - step) & (first >= 0) & (first <= size - 4)
     t2 = t * t
-    t3 = t2 * t
     u = 1.0 - t
-    value = np.empty((4, x.size))
-    np.multiply(u * u, u * (1.0 / 6.0), out=value[0])
-    np.multiply(t3, 1.0 / 6.0, out=value[3])
-    np.subtract(0.5 * t3 + 2.0 / 3.0, t2, out=value[1])
-    np.subtract(1.0 - value[0], value[1], out=value[2])  # the weights sum to 1
-    value[2] -= value[3]
     # the third derivatives of the four weights are -1, 3, -3, 1
     c = step * step / 6.0
     diff = np.empty((4, x.size))
@@ -212,8 +204,7 @@ def _source_samples(coeffs: np.ndarray, rc: np.ndarray
     vx, dx, rx, in_x = _axis_weights(rc[1], FD_STEP, w)
     inner = in_y & in_x
     first = np.where(inner, ry * w + rx, 0)
-    taps = (np.arange(4)[:, None] * w + np.arange(4)[None, :]).reshape(16, 1)
-    block = coeffs.reshape(-1)[first + taps].astype(np.float64).reshape(4, 4, -1)
+    block = coeffs.reshape(-1)[first + L._taps(w)].astype(np.float64).reshape(4, 4, -1)
     along_x = np.einsum("bn,abn->an", vx, block)
     diff_x = np.einsum("bn,abn->an", dx, block)
     value = np.einsum("an,an->n", vy, along_x)
