@@ -18,6 +18,7 @@ from click.testing import CliRunner
 import regtool
 from regtool import cli as cli_module
 from regtool import io
+from regtool.cli import align as cli_align
 from regtool.cli import cli
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
@@ -203,7 +204,7 @@ def test_float_source_with_nan_fill(tmp_path, monkeypatch, pair_arrays):
 
 
 def test_progress_bar_on_a_terminal(work, monkeypatch):
-    monkeypatch.setattr(cli_module, "_stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(cli_align, "stderr_is_terminal", lambda: True)
     result = run("align", "target.png", "source.png")
     assert result.exit_code == 0
     assert "levels" in result.stderr  # tqdm's bar

@@ -1,0 +1,205 @@
+"""One pair of files from paths to outputs: read, check the outputs, align, warp, write.
+
+Every caller that registers files goes through here: the ``align`` command for one pair, a batch
+worker for each of its sources, a Dask task. Nothing here prints or exits; every problem with a
+file is an :class:`regtool.io.ImageError` whose one-line message names the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import io
+from .errors import InputError
+from .register import DEFAULT_METRIC, DEFAULT_OPTIMIZER
+
+__all__ = ["AlignOptions", "Loaded", "PairOutcome", "read_input", "plan_outputs", "run_pair"]
+
+
+@dataclass(frozen=True)
+class AlignOptions:
+    """What :func:`regtool.align` and the output warp are asked to do, for every pair alike.
+
+    The fields are :func:`regtool.align`'s keyword arguments of the same names, and the
+    interpolation and fill value of :meth:`regtool.Result.warp`.
+    """
+
+    levels: int | None = None
+    optimizer: str = DEFAULT_OPTIMIZER
+    metric: str = DEFAULT_METRIC
+    max_iter: int | None = None
+    tol: float = 1e-3
+    init: str | tuple[float, float, float] = "auto"
+    min_overlap: float = 0.25
+    interp: str = "cubic"
+    fill: float = 0.0
+
+    def align_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`regtool.align`."""
+        return {"levels": self.levels, "optimizer": self.optimizer, "metric": self.metric,
+                "max_iter": self.max_iter, "tol": self.tol, "init": self.init,
+                "min_overlap": self.min_overlap}
+
+
+@dataclass
+class Loaded:
+    """An input image read from its file, with its mask (None: every pixel counts)."""
+
+    path: str
+    image: np.ndarray
+    mask_path: str | None = None
+    mask: np.ndarray | None = None
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.image.ndim == 2 else int(self.image.shape[-1])
+
+    def paths(self) -> list[str]:
+        return [p for p in (self.path, self.mask_path) if p is not None]
+
+
+@dataclass
+class PairOutcome:
+    """What one pair gave: the document written beside the aligned image, and where."""
+
+    document: dict[str, Any]
+    out_image: str
+    out_params: str
+    converged: bool
+    reason: str | None
+    result: Any = field(default=None, repr=False)  # the regtool.Result
+
+
+def read_input(path: str, mask_path: str | None, which: str) -> Loaded:
+    """Read an image and its optional mask.
+
+    Parameters
+    ----------
+    path : str
+        The image file.
+    mask_path : str or None
+        An image of the same size: nonzero = use the pixel (see :func:`regtool.io.read_mask`).
+    which : {"target", "source"}
+        Which input this is, for the messages.
+
+    Raises
+    ------
+    regtool.io.ImageError
+        The image or the mask cannot be read, or the mask's size differs.
+    """
+    image = io.read_image(path)
+    mask = None
+    if mask_path is not None:
+        mask = io.read_mask(mask_path, image.shape[:2], f"the {which} {path}")
+    return Loaded(os.fspath(path), image, mask_path, mask)
+
+
+def plan_outputs(source: Loaded, output: str | None, params: str | None,
+                 inputs: Iterable[str], folder: str = ".",
+                 fill: float = 0.0) -> tuple[str, str]:
+    """Choose and check the outputs of one pair before any work is done.
+
+    Parameters
+    ----------
+    source : Loaded
+        The source (its dtype and channels decide the default format).
+    output, params : str or None
+        The aligned image and the parameter file; by default ``<folder>/<stem>_aligned<ext>``
+        (:func:`regtool.io.default_output_path`) and the image's path with ``.json``.
+    inputs : iterable of str
+        Files that must not be overwritten.
+    folder : str
+        Where default outputs go.
+    fill : float
+        The value of aligned pixels outside the source: it must fit the source's dtype.
+
+    Returns
+    -------
+    (out_image, out_params) : (str, str)
+
+    Raises
+    ------
+    regtool.io.ImageError
+        An output cannot be written there, would overwrite an input or the other output, or
+        the fill value cannot be stored in the source's type.
+    """
+    image = source.image
+    if not math.isfinite(fill) and image.dtype.kind != "f":
+        raise io.ImageError(source.path, f"a fill value of {fill} cannot be stored in its "
+                            f"{image.dtype.name} pixels; give a finite one (--fill)")
+    out_image = output if output is not None else os.fspath(
+        io.default_output_path(source.path, image.dtype, source.channels, folder))
+    out_params = params if params is not None else os.fspath(Path(out_image).with_suffix(".json"))
+    inputs = list(inputs)
+    io.check_output_path(out_image, inputs, dtype=image.dtype, channels=source.channels)
+    io.check_output_path(out_params, inputs)
+    if os.path.realpath(out_image) == os.path.realpath(out_params):
+        raise io.ImageError(out_params, "the parameter file would overwrite the aligned image; "
+                            "give the parameters another name")
+    return out_image, out_params
+
+
+def _input_error(exc: InputError, target: Loaded, source: Loaded) -> Exception:
+    """An :class:`InputError` of :func:`regtool.align` as a problem of the file at fault."""
+    side = {"target": target, "source": source}.get(exc.which or "")
+    if side is None:
+        return exc  # neither file in particular
+    path = side.path
+    if str(exc).startswith("the mask") and side.mask_path is not None:
+        path = side.mask_path  # e.g. "the mask leaves only 12 usable pixels"
+    return io.ImageError(path, str(exc))
+
+
+def run_pair(target: Loaded, source: Loaded, out_image: str, out_params: str,
+             options: AlignOptions,
+             progress: Callable[[Any, int, int], None] | None = None) -> PairOutcome:
+    """Align ``source`` to ``target``, then write the aligned image and its parameters.
+
+    Both outputs are written atomically and as a unit (:class:`regtool.io.OutputSet`): a
+    failure or an interruption leaves neither. A registration that runs but does not converge
+    still writes them, with ``"converged": false`` and the reason.
+
+    Parameters
+    ----------
+    target, source : Loaded
+        The inputs, read by :func:`read_input`.
+    out_image, out_params : str
+        The outputs, checked by :func:`plan_outputs`.
+    options : AlignOptions
+    progress : callable, optional
+        Passed on to :func:`regtool.align`.
+
+    Returns
+    -------
+    PairOutcome
+
+    Raises
+    ------
+    regtool.io.ImageError
+        An input cannot be registered (the message names it) or an output cannot be written.
+    regtool.InputError
+        The pair cannot be registered and neither file in particular is at fault.
+    """
+    import regtool  # looked up at call time, so a caller (or a test) sees one align
+
+    try:
+        result = regtool.align(target.image, source.image, target_mask=target.mask,
+                               source_mask=source.mask, progress=progress,
+                               **options.align_kwargs())
+    except InputError as exc:
+        raise _input_error(exc, target, source) from None
+    aligned = result.warp(source.image, interp=options.interp, fill=options.fill)
+    doc: dict[str, Any] = {"target": target.path, "source": source.path, "output": out_image,
+                           "target_mask": target.mask_path, "source_mask": source.mask_path}
+    doc.update(result.to_dict())
+    with io.OutputSet() as outputs:
+        outputs.write_image(out_image, aligned)
+        outputs.write_json(out_params, doc)
+    return PairOutcome(doc, out_image, out_params, bool(result.converged), result.reason, result)
