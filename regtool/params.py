@@ -150,8 +150,14 @@ _NO_TARGET_SHAPE = ('no "target_shape" [rows, cols]: the grid to warp onto, whic
 
 
 def _is_number(value: Any) -> bool:
+    """A finite JSON number (an integer of 400 digits is not one a float can hold)."""
     # JSON's true and false arrive as bool, which Python counts as int.
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _short(value: Any) -> str:
@@ -205,11 +211,9 @@ def _matrix(value: Any, name: str) -> np.ndarray:
                and all(isinstance(r, list) and len(r) == 3 and all(_is_number(v) for v in r)
                        for r in value))
     if not rows_ok:
-        raise ImageError(name, '"matrix" must be 2x3 numbers [[a, b, tx], [c, d, ty]], '
-                         f"not {_short(value)}")
+        raise ImageError(name, '"matrix" must be 2x3 finite numbers [[a, b, tx], '
+                         f"[c, d, ty]], not {_short(value)}")
     m = np.array(value, dtype=float)
-    if not np.isfinite(m).all():
-        raise ImageError(name, '"matrix" holds a number too large to use')
     if m.shape == (3, 3) and not np.array_equal(m[2], [0.0, 0.0, 1.0]):
         raise ImageError(name, f'"matrix" third row must be [0, 0, 1], not {_short(value[2])}')
     if abs(np.linalg.det(m[:2, :2])) < _MIN_DET:
@@ -224,7 +228,7 @@ def _rigid(doc: Mapping[str, Any], name: str) -> tuple[float, float, float] | No
     if not present:
         return None
     for key in present:
-        if not _is_number(doc[key]) or not math.isfinite(doc[key]):
+        if not _is_number(doc[key]):
             raise ImageError(name, f'"{key}" must be a number, not {_short(doc[key])}')
     missing = [k for k in ("tx", "ty") if k not in present]
     if "theta" not in present and "theta_deg" not in present:
