@@ -51,6 +51,8 @@ __all__ = [
     "read_mask",
     "write_image",
     "write_json",
+    "read_text",
+    "write_text",
     "check_output_path",
     "format_problem",
     "dumps_json",
@@ -478,9 +480,10 @@ def format_problem(path: PathLike, dtype: np.dtype | str, channels: int) -> str 
 
 
 def default_output_path(
-    source: PathLike, dtype: np.dtype | str, channels: int, folder: PathLike = "."
+    source: PathLike, dtype: np.dtype | str, channels: int, folder: PathLike = ".",
+    tag: str = "aligned",
 ) -> Path:
-    """Name the aligned image after the source: ``<folder>/<stem>_aligned<ext>``.
+    """Name the aligned image after the source: ``<folder>/<stem>_<tag><ext>``.
 
     ``<ext>`` is the source's own extension when regtool writes that format and the format
     holds the data; otherwise ``.png`` if PNG holds it; otherwise ``.tif``, which holds
@@ -496,6 +499,8 @@ def default_output_path(
         Channels of the source image: 1, 3 or 4.
     folder : str or os.PathLike
         Folder of the output, by default the current directory.
+    tag : str
+        What follows the stem: ``aligned`` (``regtool align``), ``warped`` (``regtool warp``).
 
     Returns
     -------
@@ -504,10 +509,10 @@ def default_output_path(
     src = Path(source)
     stem = src.stem
     for ext in (src.suffix, ".png", ".tif"):
-        candidate = Path(folder) / f"{stem}_aligned{ext}"
+        candidate = Path(folder) / f"{stem}_{tag}{ext}"
         if ext and format_problem(candidate, dtype, channels) is None:
             return candidate
-    return Path(folder) / f"{stem}_aligned.tif"  # not reached: TIFF holds every image we read
+    return Path(folder) / f"{stem}_{tag}.tif"  # not reached: TIFF holds every image we read
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -713,6 +718,63 @@ def write_json(path: PathLike, document: Mapping[str, Any]) -> None:
     text = dumps_json(document)
     try:
         with _atomic(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise ImageError(path, f"cannot write the file ({exc.strerror or exc})") from None
+
+
+def read_text(path: PathLike) -> str:
+    """Read a UTF-8 text file (a parameter document, a CSV table) whole.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file; a byte-order mark at its start (as spreadsheets write) is dropped.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ImageError
+        One line naming the file: missing, a directory, unreadable, or not UTF-8 text.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory, not a file") from None
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied (cannot read the file)") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot read the file ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ImageError(path, f"not a UTF-8 text file (byte {exc.start} cannot be "
+                         "decoded)") from None
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """Write a text file atomically, in UTF-8 (a points table, a report).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination; its folder must exist.
+    text : str
+        Written as it is: line endings are the caller's.
+
+    Raises
+    ------
+    ImageError
+        If the file cannot be written; nothing is left behind.
+    """
+    try:
+        with _atomic(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
     except OSError as exc:
         raise ImageError(path, f"cannot write the file ({exc.strerror or exc})") from None

@@ -27,6 +27,7 @@ __all__ = [
     "to_level",
     "from_level",
     "max_displacement",
+    "map_points",
 ]
 
 
@@ -103,3 +104,62 @@ def max_displacement(delta: np.ndarray, shape: tuple[int, ...]) -> float:
                         [w - 1.0, h - 1.0, 1.0]]).T
     moved = delta @ corners
     return float(np.max(np.hypot(moved[0] - corners[0], moved[1] - corners[1])))
+
+
+def map_points(matrix: np.ndarray, xy: np.ndarray, *, inverse: bool = False) -> np.ndarray:
+    """Move points from the source's pixel coordinates to the target's, as the warp moves them.
+
+    ``matrix`` maps target to source (``aligned[y, x] = source(matrix @ [x, y, 1])``), so the
+    content at source pixel ``p`` appears in the aligned image (on the target's grid) at
+    ``matrix^-1 @ p``: that is where this function sends a point tracked in the source. With
+    ``inverse=True`` it goes the other way, target (aligned) -> source, which is ``matrix``
+    itself.
+
+    Parameters
+    ----------
+    matrix : array_like
+        2x3 or 3x3 target->source matrix (``Result.matrix``, the JSON's ``matrix``); any
+        invertible affine map.
+    xy : array_like
+        ``(N, 2)`` points, x (column) then y (row), in pixels with pixel centers at integer
+        coordinates (GUIDE section 2); a single ``(2,)`` point is also accepted.
+    inverse : bool
+        False: source -> target (where a source point lies in the aligned image). True: target
+        -> source.
+
+    Returns
+    -------
+    ndarray of float64
+        The mapped points, of the shape of ``xy``.
+
+    Raises
+    ------
+    ValueError
+        If ``matrix`` is not 2x3 or 3x3 or cannot be inverted, or ``xy`` is not ``(N, 2)``.
+
+    Examples
+    --------
+    >>> m = [[1, 0, 5.0], [0, 1, -2.0]]  # target (x, y) samples source (x + 5, y - 2)
+    >>> map_points(m, [[15.0, 8.0]])     # so source (15, 8) shows at target (10, 10)
+    array([[10., 10.]])
+    >>> map_points(m, [[10.0, 10.0]], inverse=True)
+    array([[15.,  8.]])
+    """
+    m = np.asarray(matrix, dtype=float)
+    if m.shape not in ((2, 3), (3, 3)):
+        raise ValueError(f"matrix must be 2x3 or 3x3, got {m.shape}")
+    pts = np.asarray(xy, dtype=float)
+    single = pts.shape == (2,)
+    if single:
+        pts = pts[None, :]
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"points must be (N, 2) x, y pairs, got shape {pts.shape}")
+    a, t = m[:2, :2], m[:2, 2]
+    if inverse:
+        out = pts @ a.T + t
+    else:
+        if not np.isfinite(a).all() or abs(np.linalg.det(a)) < 1e-12:
+            raise ValueError("matrix cannot be inverted")
+        # Solving A q = p - t rather than multiplying by inv(A): one rounding fewer.
+        out = np.linalg.solve(a, (pts - t).T).T
+    return out[0] if single else out
