@@ -8,8 +8,9 @@ dtypes the library registers (bool, uint8, uint16, float32, float64) or refused 
 Formats
 -------
 Reading: PNG, JPEG and the other single-image formats Pillow knows (BMP, GIF, WebP, PPM...)
-through imageio's ``pillow`` plugin; TIFF through tifffile (which imageio's TIFF plugin wraps), to
-see its pages and axes. tifffile is imported on the first TIFF only.
+through Pillow; TIFF through tifffile (which imageio's TIFF plugin wraps), to see its pages and
+axes. tifffile is imported on the first TIFF only. Both read from the open file as they go: a
+file is never read whole into memory.
 
 Writing (chosen by the extension of the output path): TIFF through imageio's ``tifffile``
 plugin, PNG (zlib level 3) and JPEG (quality 95) through Pillow itself, which spares a command
@@ -23,6 +24,25 @@ format    what it holds
 ``.jpg``  uint8 gray and RGB (lossy)
 ========  ==============================================================================
 
+Hostile files
+-------------
+Whatever a file holds, :func:`read_image` returns an image or raises :class:`ImageError` with
+one line; no decoder error escapes, nothing is printed, and time and memory stay bounded:
+
+* the declared width x height is checked against ``max_pixels`` (``--max-pixels``; default
+  :data:`DEFAULT_MAX_PIXELS` = 2**28, 16384 x 16384) from the header, before decoding: PNG's
+  IHDR, JPEG's frame header, Pillow's lazily opened size, tifffile's first page;
+* a header declaring more than its data can hold is refused too (a PNG shorter than its rows /
+  1032, deflate's largest ratio; a Huffman JPEG shorter than one bit per 8x8 block; a TIFF
+  listing fewer strips than its layout, or data past the end of the file);
+* the decoders' own slow paths are bounded: TIFF pages counted up to 1000, tiles no larger than
+  the image or 2048^2, deflate / LZMA / PackBits strips inflated with a bound before tifffile's
+  own unbounded decoders see them, JPEG scans up to 100.
+
+Memory is then what the decoded image takes, at most ``max_pixels`` x 4 channels x 8 bytes
+(8.6 GB for float64 RGBA at the default; 0.27 GB for 8-bit gray) plus a copy or two.
+``benchmarks/fuzz_readers.py`` checks all this on thousands of mutated and hand-made files.
+
 Every write is atomic: the data go to a temporary file in the destination folder, which then
 replaces the destination in one step (:func:`os.replace`), so an interrupted run never leaves a
 half-written file behind.
@@ -31,15 +51,22 @@ half-written file behind.
 from __future__ import annotations
 
 import contextlib
-import io as _io
 import json
+import logging
+import lzma
 import math
+import mmap
+import operator
 import os
+import re
+import struct
 import tempfile
+import threading
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import imageio.v3 as iio
 import numpy as np
@@ -60,6 +87,7 @@ __all__ = [
     "OutputSet",
     "READ_DTYPES",
     "WRITE_EXTENSIONS",
+    "DEFAULT_MAX_PIXELS",
 ]
 
 PathLike = str | os.PathLike
@@ -125,6 +153,55 @@ class ImageError(ValueError):
 # Reading
 # --------------------------------------------------------------------------------------------
 
+#: Default of ``max_pixels`` (``--max-pixels``): 2**28 = 268,435,456 pixels, a 16384 x 16384
+#: image exactly. Above what a camera, a microscope tile or a scan gives; a 16384^2 8-bit pair
+#: takes about 4 GB to register (regtool's own 12.5 B/px beyond the inputs, SCALING.md, plus
+#: the two images). The decoded image alone is 0.27 GB (8-bit gray) to 8.6 GB (float64 RGBA)
+#: at the limit: on a 24 GB machine every kind fits once. A file declaring more is refused from
+#: its header, before anything is decoded.
+DEFAULT_MAX_PIXELS = 2**28
+
+# A TIFF with a second page is refused; its pages are counted for the message up to this many.
+# Each IFD is one small read, but a crafted chain can be millions long or a cycle (tifffile
+# looks for repeated offsets once, at the 100th page: a longer cycle is walked for ever).
+_MAX_COUNTED_PAGES = 1000
+
+# tifffile decodes a tile into a buffer of a whole tile. A tile larger than its image is
+# legitimate (a 100x100 image in one 256x256 tile) but a header can declare 65536x65536 tiles
+# for a 16x16 image: tiles of up to this many pixels, or of the image's own size, are allowed.
+_MAX_TILE_PIXELS = 2**22
+
+# libjpeg decodes every scan of a progressive JPEG over the whole image, and a scan of a few
+# bytes (one end-of-band run) makes it visit every block: a 99 kB 4096x4096 file with 1000
+# repeated scans took 2.4 s, and the time grows with scans x pixels. libjpeg's own progressive
+# files have 10 scans (6 in gray), optimizers a few more.
+_MAX_JPEG_SCANS = 100
+
+# TIFF compressions whose decoders inflate whatever the data say when they are tifffile's own
+# pure-Python fallbacks (regtool's default install: no imagecodecs package): 1 MB of deflate
+# gives 1 GB. With imagecodecs, tifffile passes the expected size (out=) and its decoders stop
+# there. With the fallbacks each strip or tile is first inflated here with a bound (and thrown
+# away) before tifffile decodes it: measured, 190 ms more on a 4096^2 16-bit deflate TIFF of
+# 32 MB in 128 strips (tifffile alone: 280 ms).
+_STREAM_CODECS = {8: "deflate", 32946: "deflate", 50013: "deflate", 34925: "lzma",
+                  50000: "zstd", 32773: "packbits"}
+
+# The most deflate can inflate: a 258-byte match coded in 2 bits. Bounds what a PNG of a given
+# size can hold, and spares inflating TIFF segments too small to reach the bound even so.
+_DEFLATE_MAX_RATIO = 1032
+
+# The same for PackBits (2 bytes for 128). LZMA and Zstandard have no such useful bound.
+_MAX_RATIO = {"deflate": _DEFLATE_MAX_RATIO, "packbits": 64}
+
+# Memory an LZMA stream may ask for (its dictionary): xz's presets use 8 MiB (-6) to 64 MiB
+# (-9); the format allows 1.5 GiB, which the decoder allocates before producing a byte.
+_LZMA_MEMLIMIT = 256 * 2**20
+
+# Formats Pillow is told to try for each recognized signature: only that plugin is imported
+# and asked, not all of Pillow's ~40 (which an unrecognized file still goes through).
+_PIL_FORMATS = {"PNG": ["PNG"], "JPEG": ["JPEG"], "GIF": ["GIF"], "BMP": ["BMP"],
+                "WEBP": ["WEBP"]}
+
 
 def _sniff(head: bytes) -> str | None:
     """Return the format whose signature starts ``head``, or None."""
@@ -136,18 +213,22 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
-def _read_bytes(path: PathLike) -> bytes:
-    """Read the whole file, turning every OS failure into a one-line :class:`ImageError`."""
+@contextlib.contextmanager
+def _open(path: PathLike) -> Iterator[BinaryIO]:
+    """Open the file for reading, turning every OS failure into a one-line :class:`ImageError`.
+
+    The decoders read from the open file as they need (headers first), so neither a huge file
+    nor a huge declared image costs memory before the checks.
+    """
     p = Path(path)
     try:
         if p.is_dir():
             raise ImageError(path, "is a directory, not an image file")
         if not p.exists():
             raise ImageError(path, "no such file")
-        if not p.is_file():
+        if not p.is_file():  # a FIFO would block the open; a device would never end
             raise ImageError(path, "not a regular file")
-        with open(p, "rb") as fh:
-            return fh.read()
+        fh = open(p, "rb")  # closed by the with below, once the decoders are done
     except PermissionError:
         raise ImageError(path, "permission denied (cannot read the file)") from None
     except IsADirectoryError:
@@ -156,6 +237,20 @@ def _read_bytes(path: PathLike) -> bytes:
         raise ImageError(path, "no such file") from None
     except OSError as exc:
         raise ImageError(path, f"cannot read the file ({exc.strerror or exc})") from None
+    with fh:
+        yield fh
+
+
+def _check_size(path: PathLike, width: int, height: int, max_pixels: int) -> None:
+    """Refuse a declared size before decoding: empty, or more pixels than ``max_pixels``."""
+    if width <= 0 or height <= 0:
+        raise ImageError(path, f"declares {width}x{height} pixels: an empty image")
+    if width * height > max_pixels:
+        raise ImageError(
+            path,
+            f"declares {width}x{height} pixels, more than the limit of {max_pixels} "
+            "(--max-pixels)",
+        )
 
 
 def _png_header(data: bytes) -> tuple[int, int] | None:
@@ -165,75 +260,509 @@ def _png_header(data: bytes) -> tuple[int, int] | None:
     return data[24], data[25]
 
 
-def _read_tiff(path: PathLike, data: bytes) -> np.ndarray:
-    """Decode a single-image TIFF; refuse multi-page files and volumes."""
-    # tifffile directly (imageio's TIFF plugin wraps it): the page count and the axes of the
-    # first series are needed to tell an RGB image from a stack. Imported here: 17 ms that a
-    # PNG-only command need not pay.
-    import tifffile
+class _PillowLimit:
+    """Pillow's own bomb check switched off while regtool reads, then put back.
 
-    with tifffile.TiffFile(_io.BytesIO(data)) as tif:
-        n_pages = len(tif.pages)
-        if n_pages > 1:
-            raise ImageError(
-                path,
-                f"multi-page TIFF ({n_pages} pages: a stack or volume); "
-                "regtool reads one 2-D image per file",
-            )
-        series = tif.series[0]
-        axes = series.axes
-        image = np.asarray(series.asarray())
-    # Drop length-1 axes other than rows and columns (e.g. a single sample or plane).
-    extra = tuple(i for i, a in enumerate(axes) if a not in "YX" and image.shape[i] == 1)
-    if extra and image.ndim - len(extra) >= 2:
-        image = image.squeeze(axis=extra)
-        axes = "".join(a for i, a in enumerate(axes) if i not in extra)
-    if image.ndim == 3 and axes[0] == "S" and image.shape[0] in (3, 4):
-        image = np.moveaxis(image, 0, -1)  # planar RGB(A) -> interleaved
-    elif image.ndim >= 3 and axes[-1] != "S":
+    Pillow compares every image it opens (and every GIF frame it seeks) with the module global
+    ``Image.MAX_IMAGE_PIXELS``: a warning above it, ``DecompressionBombError`` above twice it
+    (179 Mpx by default). regtool checks the declared size against its own ``max_pixels``
+    first, so Pillow's check could only refuse what regtool's limit allows, or follow a value
+    set elsewhere in the program. Pillow has no per-call limit: the global is None while at
+    least one read is under way (a count under a lock, for threads) and restored when the last
+    one ends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: int | None = None
+
+    @contextlib.contextmanager
+    def lifted(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._saved = Image.MAX_IMAGE_PIXELS
+                Image.MAX_IMAGE_PIXELS = None
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    Image.MAX_IMAGE_PIXELS = self._saved
+
+
+_PILLOW_LIMIT = _PillowLimit()
+
+
+# A JPEG marker: FF, then anything but a stuffed 00, a restart marker (D0-D7) or fill (FF).
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+# Start-of-frame markers with Huffman coding (baseline, extended, progressive, lossless and
+# their hierarchical forms); C9-CB and CD-CF are arithmetic-coded.
+_JPEG_HUFFMAN_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7))
+_JPEG_SOF = _JPEG_HUFFMAN_SOF | {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_structure(fh: BinaryIO, stop: int) -> tuple[int, int | None, int, int]:
+    """Scans (counted up to past ``stop``), the frame marker, its width and height.
+
+    Walks the markers as a decoder does: a segment with a length (an APPn holding an EXIF
+    thumbnail, say) is skipped by it; after a scan's header the entropy-coded data run to the
+    next marker; the end-of-image marker ends the walk, so data appended after the image are
+    not read. Over a memory map, so a huge file costs no memory and the regular expression
+    skips the data at C speed. ``(0, None, 0, 0)`` parts stay when the markers are missing.
+    """
+    try:
+        view: Any = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # not mappable: the first 256 MiB will do
+        fh.seek(0)
+        view = fh.read(256 * 2**20)
+    try:
+        pos, scans, sof, width, height = 2, 0, None, 0, 0
+        while scans <= stop:
+            found = _JPEG_MARKER.search(view, pos)
+            if found is None:
+                break
+            pos = found.start()
+            marker = view[pos + 1]
+            if marker == 0xD9:  # end of image
+                break
+            if marker in (0x01, 0xD8):  # no length: TEM, a stray SOI
+                pos += 2
+                continue
+            if marker in _JPEG_SOF and sof is None and pos + 9 <= len(view):
+                sof = marker
+                height, width = struct.unpack(">HH", view[pos + 5:pos + 9])
+            pos += 2 + max(2, int.from_bytes(view[pos + 2:pos + 4], "big"))
+            scans += marker == 0xDA
+        return scans, sof, width, height
+    finally:
+        if isinstance(view, mmap.mmap):
+            view.close()
+        fh.seek(0)
+
+
+def _check_jpeg(path: PathLike, fh: BinaryIO, max_pixels: int) -> None:
+    """Refuse from the markers a JPEG whose decoding would cost far more than its bytes.
+
+    * More than ``_MAX_JPEG_SCANS`` scans (see there).
+    * Fewer bytes than its declared size needs: with Huffman coding every 8x8 block of the
+      full-resolution component costs at least one bit (a DC code; codes are 1 to 16 bits),
+      so a W x H image needs W H / 512 bytes or more. libjpeg would otherwise decode a 1 kB
+      file declaring 16000 x 16000 pixels into 768 MB of gray filler, taking seconds.
+      Arithmetic coding has no such bound and is left to the pixel limit.
+    """
+    scans, sof, width, height = _jpeg_structure(fh, _MAX_JPEG_SCANS)
+    if sof is not None:
+        _check_size(path, width, height, max_pixels)
+    if scans > _MAX_JPEG_SCANS:
         raise ImageError(
             path,
-            f"{image.ndim}-D volume of shape {'x'.join(map(str, image.shape))} (axes {axes}); "
-            "regtool reads one 2-D image per file",
+            f"JPEG of more than {_MAX_JPEG_SCANS} scans (each is decoded over the whole image: "
+            "a decoding-time bomb)",
         )
-    return image
+    need = (width // 8) * (height // 8) // 8
+    size = os.fstat(fh.fileno()).st_size
+    if sof in _JPEG_HUFFMAN_SOF and size < need:
+        raise ImageError(
+            path,
+            f"truncated or corrupt JPEG file (its {width}x{height} pixels need at least "
+            f"{need} bytes; the file has {size})",
+        )
 
 
-def _read_pillow(path: PathLike, data: bytes, fmt: str | None) -> np.ndarray:
-    """Decode a Pillow-readable image; palettes become RGB or RGBA."""
+# Bits per pixel of each PNG color type, per bit of depth: gray, RGB, palette, gray + alpha,
+# RGBA.
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _check_png(path: PathLike, fh: BinaryIO, max_pixels: int) -> None:
+    """Refuse from IHDR, before Pillow parses anything: the size, 16-bit color, short data.
+
+    A PNG holds its rows deflated, and deflate inflates at most 1032:1: a file smaller than
+    its rows / 1032 cannot hold them (Pillow decodes an interlaced one anyway, into filler).
+    """
+    start = fh.read(33)
+    fh.seek(0)
+    header = _png_header(start)
+    if header is None:
+        return  # Pillow says what is wrong
+    width, height = struct.unpack(">II", start[16:24])
+    _check_size(path, width, height, max_pixels)
+    depth, color = header
+    if depth == 16 and color in (2, 4, 6):
+        kind = {2: "RGB", 4: "gray + alpha", 6: "RGBA"}[color]
+        raise ImageError(
+            path,
+            f"16-bit {kind} PNG cannot be read without losing precision "
+            "(Pillow reduces it to 8 bits); save it as 16-bit TIFF (.tif) instead",
+        )
+    rows = height * -(-width * depth * _PNG_SAMPLES.get(color, 1) // 8)
+    size = os.fstat(fh.fileno()).st_size
+    if size * _DEFLATE_MAX_RATIO < rows:
+        raise ImageError(
+            path,
+            f"truncated or corrupt PNG file (its {width}x{height} pixels need at least "
+            f"{-(-rows // _DEFLATE_MAX_RATIO)} bytes; the file has {size})",
+        )
+
+
+def _read_pillow(path: PathLike, fh: BinaryIO, fmt: str | None, max_pixels: int) -> np.ndarray:
+    """Decode a Pillow-readable image; palettes become RGB or RGBA.
+
+    Pillow opens lazily: the size is known from the header before :meth:`~PIL.Image.load`.
+    """
     if fmt == "PNG":
-        header = _png_header(data)
-        if header is not None and header[0] == 16 and header[1] in (2, 4, 6):
-            kind = {2: "RGB", 4: "gray + alpha", 6: "RGBA"}[header[1]]
-            raise ImageError(
-                path,
-                f"16-bit {kind} PNG cannot be read without losing precision "
-                "(Pillow reduces it to 8 bits); save it as 16-bit TIFF (.tif) instead",
-            )
-    with iio.imopen(data, "r", plugin="pillow") as f:
-        n_frames = f.properties(index=...).n_images or 1
-        if n_frames > 1:
+        _check_png(path, fh, max_pixels)
+    elif fmt == "JPEG":
+        _check_jpeg(path, fh, max_pixels)
+    with _PILLOW_LIMIT.lifted(), Image.open(fh, formats=_PIL_FORMATS.get(fmt)) as im:
+        width, height = im.size
+        _check_size(path, width, height, max_pixels)
+        if getattr(im, "is_animated", False):
+            n_frames = getattr(im, "n_frames", 2)
             raise ImageError(
                 path,
                 f"animated or multi-frame image ({n_frames} frames); "
                 "regtool reads one 2-D image per file",
             )
-        meta = f.metadata(index=0, exclude_applied=False)
-        mode = meta.get("mode")
+        mode = im.mode
         convert = None
         if mode == "P":
-            palette = np.asarray(meta.get("palette", np.zeros((0, 3))))
-            has_alpha = "transparency" in meta or (palette.ndim == 2 and palette.shape[1] == 4)
+            palette_mode = im.palette.mode if im.palette is not None else "RGB"
+            has_alpha = "transparency" in im.info or palette_mode == "RGBA"
             convert = "RGBA" if has_alpha else "RGB"
         elif mode in _PIL_CONVERT:
             convert = _PIL_CONVERT[mode]
+        elif mode == "I" and im.format == "PNG":
+            convert = "I;16"  # 16-bit gray that an older Pillow opens as 32-bit
         if convert == "LA" or mode == "LA":
             raise ImageError(
                 path,
                 "gray + alpha image (2 channels); regtool reads gray, RGB or RGBA: "
                 "convert it to RGBA or to plain gray",
             )
-        return np.asarray(f.read(index=0, mode=convert))
+        im.load()
+        # np.array, not asarray: Pillow hands numpy a read-only buffer.
+        return np.array(im.convert(convert) if convert else im)
+
+
+def _quiet_tifffile() -> None:
+    """Keep tifffile's complaints about a file off stderr when no logging is configured.
+
+    tifffile logs a warning for every odd tag of a corrupt file on the logger ``tifffile``;
+    with no handler anywhere, Python prints such records on stderr itself
+    (:data:`logging.lastResort`), lines beside regtool's one. A NullHandler there stops only
+    that: the records still propagate to any handler the application configured.
+    """
+    logger = logging.getLogger("tifffile")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
+
+
+def _count_pages(pages: Any) -> int:
+    """Pages of a TIFF, counted up to ``_MAX_COUNTED_PAGES + 1`` (tifffile walks lazily)."""
+    for probe in (1, _MAX_COUNTED_PAGES):
+        try:
+            pages[probe]
+        except IndexError:
+            return 1 if probe == 1 else len(pages)
+    return _MAX_COUNTED_PAGES + 1
+
+
+def _check_one_image(path: PathLike, tif: Any, page: Any) -> None:
+    """Refuse a stack that ImageJ or tifffile stored behind a single IFD.
+
+    ImageJ writes stacks over 4 GB with one IFD and ``images=N`` in the description; tifffile's
+    ``truncate`` mode writes one IFD and the whole shape as JSON. Both read as their first
+    plane otherwise. Metadata that cannot be parsed is ignored (the page is then all there is).
+    """
+    images = 1
+    with contextlib.suppress(Exception):
+        images = int((tif.imagej_metadata or {}).get("images", 1))
+    if images > 1:
+        raise ImageError(
+            path,
+            f"ImageJ stack of {images} images stored as one TIFF page; "
+            "regtool reads one 2-D image per file",
+        )
+    if page.is_shaped:
+        shape: list[int] = []
+        with contextlib.suppress(Exception):
+            shape = [int(n) for n in json.loads(page.description)["shape"]]
+        if shape and math.prod(shape) > math.prod(page.shape):
+            raise ImageError(
+                path,
+                f"its description declares data of shape {'x'.join(map(str, shape))}, more "
+                f"than its one page holds ({'x'.join(map(str, page.shape))}): a stack, or a "
+                "corrupt file; regtool reads one 2-D image per file",
+            )
+
+
+def _tiff_layout(path: PathLike, page: Any) -> None:
+    """Refuse, from the header, what read_image would refuse after decoding a TIFF page.
+
+    A page declaring 65535 samples per pixel, a depth, or complex values would otherwise be
+    decoded (up to 65535 x the pixel limit) before being refused.
+    """
+    dt = page.dtype
+    if dt is None:
+        raise ImageError(
+            path,
+            f"unsupported TIFF pixel format ({page.bitspersample}-bit samples, "
+            f"SampleFormat {int(page.sampleformat)})",
+        )
+    if np.dtype(dt).kind not in "biuf":
+        raise ImageError(
+            path,
+            f"unsupported pixel type {np.dtype(dt).name}; "
+            "regtool reads bool, integer and real images",
+        )
+    shape, axes = _squeezed(tuple(page.shape), page.axes)
+    described = "x".join(map(str, shape))
+    if len(shape) == 3 and axes[0] == "S" and shape[0] in (3, 4):
+        return  # planar RGB(A)
+    if len(shape) >= 3 and axes[-1] != "S":
+        raise ImageError(
+            path,
+            f"{len(shape)}-D volume of shape {described} (axes {axes}); "
+            "regtool reads one 2-D image per file",
+        )
+    if len(shape) > 3:
+        raise ImageError(
+            path, f"{len(shape)}-D data of shape {described}; regtool reads one 2-D image per file"
+        )
+    if len(shape) == 3 and shape[-1] not in (3, 4):
+        raise ImageError(
+            path,
+            f"{shape[-1]} channels; regtool reads gray (1), RGB (3) or RGBA (4) images",
+        )
+
+
+def _squeezed(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], str]:
+    """Drop length-1 axes other than rows and columns (a single sample or plane)."""
+    keep = [i for i, a in enumerate(axes) if a in "YX" or shape[i] != 1]
+    if len(keep) < 2:
+        return shape, axes
+    return tuple(shape[i] for i in keep), "".join(axes[i] for i in keep)
+
+
+def _segment_bytes(page: Any) -> int:
+    """Bytes one strip or tile of ``page`` holds once decoded (the largest, the first)."""
+    bits = page.bitspersample
+    bits = max(bits) if isinstance(bits, tuple) else int(bits)
+    samples = page.samplesperpixel if page.planarconfig == 1 else 1
+    if page.is_tiled:
+        width, length, depth = page.tilewidth, page.tilelength, max(1, page.tiledepth)
+    else:
+        width, length, depth = page.imagewidth, page.rowsperstrip or page.imagelength, 1
+    return depth * length * -(-width * samples * bits // 8)
+
+
+def _segment_count(page: Any) -> int:
+    """Strips or tiles the page's geometry needs (tifffile decodes, or fills, each)."""
+    planes = page.samplesperpixel if page.planarconfig == 2 else 1
+    if page.is_tiled:
+        return (planes * -(-page.imagewidth // page.tilewidth)
+                * -(-page.imagelength // page.tilelength)
+                * -(-max(1, page.imagedepth) // max(1, page.tiledepth)))
+    rows = page.rowsperstrip or page.imagelength
+    return planes * max(1, page.imagedepth) * -(-page.imagelength // rows)
+
+
+def _packbits_size(data: bytes, stop: int) -> int:
+    """Bytes PackBits ``data`` decode to, counted without decoding, up to past ``stop``."""
+    total = i = 0
+    n = len(data)
+    while i < n and total <= stop:
+        header = data[i]
+        if header < 128:  # a literal of header + 1 bytes
+            total += header + 1
+            i += header + 2
+        elif header > 128:  # one byte repeated 257 - header times
+            total += 257 - header
+            i += 2
+        else:  # 128: no operation
+            i += 1
+    return total
+
+
+def _stream_size(make: Any, data: bytes, stop: int) -> int:
+    """Bytes concatenated LZMA or Zstandard streams inflate to, up to past ``stop``.
+
+    The decompressor objects decode one stream (frame) each; tifffile decodes them all.
+    """
+    total = 0
+    while data and total <= stop:
+        decoder = make()
+        total += len(decoder.decompress(data, max_length=stop + 1 - total))
+        if not decoder.eof:
+            break
+        data = decoder.unused_data
+    return total
+
+
+def _inflated_size(kind: str, data: bytes, stop: int) -> int:
+    """Bytes a compressed segment inflates to, up to past ``stop``; 0 if the data are corrupt.
+
+    Corrupt data are left to tifffile's decoder, which stops where this did, short of
+    ``stop`` (or this would have seen more).
+    """
+    if kind == "packbits":
+        return _packbits_size(data, stop)
+    if kind == "deflate":
+        try:
+            return len(zlib.decompressobj().decompress(data, stop + 1))
+        except zlib.error:
+            return 0
+    if kind == "lzma":
+        try:
+            return _stream_size(lambda: lzma.LZMADecompressor(memlimit=_LZMA_MEMLIMIT), data,
+                                stop)
+        except lzma.LZMAError as exc:
+            # A dictionary beyond _LZMA_MEMLIMIT is refused like a bomb: it is one.
+            return stop + 1 if "memory" in str(exc).lower() else 0
+        except EOFError:
+            return 0
+    try:
+        from compression import zstd  # Python >= 3.14; tifffile has no zstd without it
+    except ImportError:
+        return 0
+    try:
+        return _stream_size(zstd.ZstdDecompressor, data, stop)
+    except (zstd.ZstdError, EOFError):
+        return 0
+
+
+def _check_tiff_data(path: PathLike, page: Any, fh: BinaryIO) -> None:
+    """Refuse, before decoding, strip or tile data that would be a bomb or is not there.
+
+    * Fewer strips or tiles listed than the layout needs (tifffile would fill the others).
+    * Data past the end of the file: a truncated file, and a read of the declared byte count
+      (up to 2**64 in BigTIFF), or of a whole uncompressed page, would allocate all of it
+      first.
+    * Tiles larger than the image and ``_MAX_TILE_PIXELS`` (see there).
+    * A compression tifffile cannot decode here (most need the imagecodecs package).
+    * Deflate, LZMA, Zstandard or PackBits data that inflate past twice their strip's or tile's
+      decoded size (a bomb, see ``_STREAM_CODECS``): with tifffile's fallback decoders each
+      segment is inflated with that bound first, one at a time, so the memory used is one
+      segment's.
+    """
+    import tifffile
+
+    size = os.fstat(fh.fileno()).st_size
+    offsets, counts = page.dataoffsets, page.databytecounts
+    kind = "tile" if page.is_tiled else "strip"
+    for i, (offset, count) in enumerate(zip(offsets, counts, strict=False)):
+        if count and (offset >= size or offset + count > size):
+            raise ImageError(
+                path,
+                f"truncated or corrupt TIFF file ({kind} {i} of {count} bytes at offset "
+                f"{offset} lies past the end of the {size}-byte file)",
+            )
+    listed, needed = len(offsets), _segment_count(page)
+    if needed > listed:
+        # tifffile fills the missing ones, one Python call each: a few bytes of header can
+        # declare 2**28 one-row strips.
+        raise ImageError(
+            path,
+            f"truncated or corrupt TIFF file (its layout has {needed} {kind}"
+            f"{'s' if needed != 1 else ''}; {listed} {'is' if listed == 1 else 'are'} listed)",
+        )
+    if page.is_contiguous and offsets and offsets[0] + page.nbytes > size:
+        # tifffile reads such a page in one piece, allocating all of it first.
+        raise ImageError(
+            path,
+            f"truncated or corrupt TIFF file (its {page.imagewidth}x{page.imagelength} pixels "
+            f"need {page.nbytes} bytes at offset {offsets[0]}; the file has {size})",
+        )
+    if page.is_tiled:
+        tile = page.tilewidth * page.tilelength * max(1, page.tiledepth)
+        if tile > max(page.imagewidth * page.imagelength, _MAX_TILE_PIXELS):
+            raise ImageError(
+                path,
+                f"declares tiles of {page.tilewidth}x{page.tilelength} pixels for a "
+                f"{page.imagewidth}x{page.imagelength} image (each tile is decoded whole)",
+            )
+    code = int(page.compression)
+    if code == 1:
+        return
+    try:
+        tifffile.TIFF.DECOMPRESSORS[code]
+    except KeyError:
+        try:
+            name = tifffile.COMPRESSION(code).name
+        except ValueError:
+            raise ImageError(path, f"unknown TIFF compression {code}") from None
+        raise ImageError(
+            path, f"TIFF compression {name} needs the imagecodecs package (pip install imagecodecs)"
+        ) from None
+    if code not in _STREAM_CODECS:
+        return
+    decompress = tifffile.TIFF.DECOMPRESSORS[code]
+    if (getattr(decompress, "__module__", None) or "").startswith("imagecodecs"):
+        return  # bounded by the out= size tifffile passes (see _STREAM_CODECS)
+    codec = _STREAM_CODECS[code]
+    expected = _segment_bytes(page)
+    stop = 2 * expected + 4096
+    ratio = _MAX_RATIO.get(codec)
+    for i, (offset, count) in enumerate(zip(offsets, counts, strict=False)):
+        if not count or (ratio is not None and count * ratio <= stop):
+            continue
+        fh.seek(offset)
+        if _inflated_size(codec, fh.read(count), stop) > stop:
+            raise ImageError(
+                path,
+                f"{kind} {i} inflates to more than {stop} bytes where {expected} are declared "
+                "(a decompression bomb)",
+            )
+
+
+def _read_tiff(path: PathLike, fh: BinaryIO, max_pixels: int) -> np.ndarray:
+    """Decode a single-image TIFF; refuse multi-page files and volumes.
+
+    tifffile directly (imageio's TIFF plugin wraps it), to see pages and axes. Only the first
+    page is decoded, and only after its header passed every check; tifffile's "series" (which
+    for some flavors walks all pages or opens other files in the folder) are not used.
+    """
+    # Imported here: 17 ms that a PNG-only command need not pay.
+    import tifffile
+
+    _quiet_tifffile()
+    # LSM, NDPI and ScanImage files make tifffile read every page when it opens them.
+    with tifffile.TiffFile(fh, is_lsm=False, is_ndpi=False, is_scanimage=False) as tif:
+        pages = tif.pages
+        if not pages:
+            raise ImageError(path, "truncated or corrupt TIFF file (no image in it)")
+        page = pages[0]
+        _check_size(path, page.imagewidth, page.imagelength, max_pixels)
+        n_pages = _count_pages(pages)
+        if n_pages > 1:
+            counted = f"more than {_MAX_COUNTED_PAGES}" if n_pages > _MAX_COUNTED_PAGES else n_pages
+            raise ImageError(
+                path,
+                f"multi-page TIFF ({counted} pages: a stack or volume); "
+                "regtool reads one 2-D image per file",
+            )
+        if page.imagedepth > 1:
+            raise ImageError(
+                path,
+                f"3-D volume of {page.imagedepth} planes in one TIFF page; "
+                "regtool reads one 2-D image per file",
+            )
+        _check_one_image(path, tif, page)
+        _tiff_layout(path, page)
+        _check_tiff_data(path, page, fh)
+        axes = page.axes
+        image = np.asarray(page.asarray())
+    shape, axes = _squeezed(image.shape, axes)
+    image = image.reshape(shape)
+    if image.ndim == 3 and axes[0] == "S":
+        image = np.moveaxis(image, 0, -1)  # planar RGB(A) -> interleaved
+    return image
 
 
 def _as_supported_dtype(path: PathLike, image: np.ndarray) -> np.ndarray:
@@ -258,27 +787,26 @@ def _as_supported_dtype(path: PathLike, image: np.ndarray) -> np.ndarray:
     )
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """The exception and the ones it was raised from or while handling."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def _detail(exc: BaseException) -> str:
-    """The decoder's own words: imageio wraps them in messages about its plugins."""
-    while "plugin" in str(exc) and (exc.__cause__ or exc.__context__) is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    text = str(exc).strip()
-    if not text or "plugin" in text or "can not" in text or len(text) > 80:
+    """The decoder's own words, when they are short, on one line, and say something."""
+    text = " ".join(str(exc).split())
+    if (not text or len(text) > 80 or isinstance(exc, Image.UnidentifiedImageError)
+            or not text.isprintable()):
         return "cannot decode it"
-    return text.splitlines()[0]
+    return text
 
 
-def read_image(path: PathLike) -> np.ndarray:
+def _check_limit(max_pixels: int) -> int:
+    try:
+        limit = operator.index(max_pixels)
+    except TypeError:
+        raise TypeError(f"max_pixels must be an integer, not {type(max_pixels).__name__}") from None
+    if limit < 1:
+        raise ValueError(f"max_pixels must be at least 1, not {limit}")
+    return limit
+
+
+def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one 2-D image (gray, RGB or RGBA) from a file.
 
     Parameters
@@ -286,6 +814,12 @@ def read_image(path: PathLike) -> np.ndarray:
     path : str or os.PathLike
         PNG, JPEG, TIFF, or another single-image format Pillow reads (BMP, GIF, WebP...). The
         format is recognized from the file's content, not its name.
+    max_pixels : int, optional
+        Refuse an image whose header declares more pixels (width x height) than this, before
+        decoding anything: a decompression bomb (a small file that inflates to a huge image)
+        or an absurd header costs neither time nor memory. Default
+        :data:`DEFAULT_MAX_PIXELS`, 2**28 (16384 x 16384). Pillow's own limit
+        (``PIL.Image.MAX_IMAGE_PIXELS``) plays no part.
 
     Returns
     -------
@@ -299,9 +833,22 @@ def read_image(path: PathLike) -> np.ndarray:
     ------
     ImageError
         One line naming the file and the problem: missing, a directory, unreadable, not an
-        image, truncated or corrupt, multi-page or animated, a 3-D volume, a channel count
-        other than 1, 3 or 4, an unsupported pixel type, or a 16-bit color PNG (which Pillow
-        cannot read losslessly).
+        image, truncated or corrupt, more than ``max_pixels`` pixels, a decompression bomb,
+        multi-page or animated, a 3-D volume, a channel count other than 1, 3 or 4, an
+        unsupported pixel type or compression, or a 16-bit color PNG (which Pillow cannot read
+        losslessly). Whatever a decoder raises on a hostile file becomes such a line.
+    ValueError
+        If ``max_pixels`` is less than 1 (a bug of the caller, not of the file).
+
+    Notes
+    -----
+    The file is read as the decoders need it, never whole first. Hostile headers are bounded
+    before decoding: TIFF pages are counted only up to 1000, tiles may not exceed the image
+    (or 2048^2 pixels), deflate / LZMA / PackBits strips are inflated with a bound before
+    tifffile decodes them (its own decoders have none), and a JPEG may have at most 100 scans
+    (libjpeg decodes every scan over the whole image). Memory is then bounded by the decoded
+    image: at most ``max_pixels`` x 4 channels x 8 bytes, and a few times less for the usual
+    8- and 16-bit images.
 
     Examples
     --------
@@ -310,30 +857,31 @@ def read_image(path: PathLike) -> np.ndarray:
     >>> image.shape, image.dtype                          # doctest: +SKIP
     ((512, 512), dtype('uint8'))
     """
-    data = _read_bytes(path)
-    if not data:
-        raise ImageError(path, "empty file, not an image")
-    fmt = _sniff(data[:16])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if fmt == "TIFF":
-                image = _read_tiff(path, data)
-            else:
-                image = _read_pillow(path, data, fmt)
-    except ImageError:
-        raise
-    except MemoryError:
-        raise ImageError(path, "image too large to fit in memory") from None
-    except Exception as exc:  # decoders raise anything from SyntaxError to struct.error
-        if any(isinstance(e, Image.DecompressionBombError) for e in _chain(exc)):
-            raise ImageError(
-                path, f"image larger than Pillow's safety limit ({Image.MAX_IMAGE_PIXELS} pixels)"
-            ) from None
-        if fmt is None:
-            raise ImageError(path, "not an image file (unrecognized format)") from None
-        detail = _detail(exc)
-        raise ImageError(path, f"truncated or corrupt {fmt} file ({detail})") from None
+    limit = _check_limit(max_pixels)
+    with _open(path) as fh:
+        try:
+            head = fh.read(16)
+        except OSError as exc:
+            raise ImageError(path, f"cannot read the file ({exc.strerror or exc})") from None
+        if not head:
+            raise ImageError(path, "empty file, not an image")
+        fmt = _sniff(head)
+        try:
+            fh.seek(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if fmt == "TIFF":
+                    image = _read_tiff(path, fh, limit)
+                else:
+                    image = _read_pillow(path, fh, fmt, limit)
+        except ImageError:
+            raise
+        except MemoryError:
+            raise ImageError(path, "image too large to fit in memory") from None
+        except Exception as exc:  # decoders raise anything from SyntaxError to struct.error
+            if fmt is None:
+                raise ImageError(path, "not an image file (unrecognized format)") from None
+            raise ImageError(path, f"truncated or corrupt {fmt} file ({_detail(exc)})") from None
 
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
@@ -362,7 +910,11 @@ def _is_jpeg(path: PathLike) -> bool:
 
 
 def read_mask(
-    path: PathLike, shape: tuple[int, ...] | None = None, image_name: str | None = None
+    path: PathLike,
+    shape: tuple[int, ...] | None = None,
+    image_name: str | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Read a mask image: which pixels of an image to use (nonzero) and which to leave out (0).
 
@@ -376,6 +928,8 @@ def read_mask(
     image_name : str, optional
         How to name that image in the message when the sizes differ, e.g.
         ``"the target a.png"``.
+    max_pixels : int, optional
+        Passed on to :func:`read_image`: a mask declaring more pixels is refused unread.
 
     Returns
     -------
@@ -393,7 +947,7 @@ def read_mask(
         The file cannot be read as an image (see :func:`read_image`), or its size differs from
         ``shape``: one line naming the mask file and both sizes.
     """
-    mask = read_image(path)
+    mask = read_image(path, max_pixels=max_pixels)
     if shape is not None and tuple(mask.shape[:2]) != tuple(shape[:2]):
         h, w = mask.shape[:2]
         hh, ww = shape[:2]

@@ -196,9 +196,9 @@ def test_int64_within_float64_precision_converts(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def refuse(path, *words):
+def refuse(path, *words, **options):
     with pytest.raises(ImageError) as info:
-        read_image(path)
+        read_image(path, **options)
     message = str(info.value)
     assert message.startswith(f"{os.fspath(path)}: ")
     assert "\n" not in message
@@ -253,10 +253,27 @@ def test_truncated_tiff(tmp_path):
     refuse(tmp_path / "cut.tif", "truncated or corrupt tiff")
 
 
-def test_decompression_bomb(tmp_path, monkeypatch):
-    write_image(tmp_path / "big.png", make_image("uint8", 1))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the image has 713: twice over
-    refuse(tmp_path / "big.png", "safety limit")
+@pytest.mark.parametrize("name", ["img.png", "img.jpg", "img.tif"])
+def test_max_pixels_decides_not_pillows_limit(tmp_path, monkeypatch, name):
+    # 23x31 = 713 pixels. Pillow's own limit, set far below (it would refuse 200 and more),
+    # plays no part and is left as it was; regtool's max_pixels refuses from the header.
+    write_image(tmp_path / name, make_image("uint8", 1))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    assert read_image(tmp_path / name).shape == SHAPE
+    assert read_image(tmp_path / name, max_pixels=713).shape == SHAPE
+    assert Image.MAX_IMAGE_PIXELS == 100
+    message = refuse(tmp_path / name, "declares 31x23 pixels", "limit of 712", "--max-pixels",
+                     max_pixels=712)
+    assert Image.MAX_IMAGE_PIXELS == 100
+    assert message.endswith("more than the limit of 712 (--max-pixels)")
+
+
+def test_max_pixels_must_be_positive(tmp_path):
+    write_image(tmp_path / "img.png", make_image("uint8", 1))
+    with pytest.raises(ValueError, match="at least 1"):
+        read_image(tmp_path / "img.png", max_pixels=0)
+    with pytest.raises(TypeError, match="integer"):
+        read_image(tmp_path / "img.png", max_pixels=1e6)
 
 
 def test_multipage_tiff(tmp_path):
