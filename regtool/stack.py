@@ -61,6 +61,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -260,6 +261,13 @@ class _TiffStack(Stack):
             raise io.ImageError(path, f"truncated or corrupt TIFF file ({detail})") from None
         try:
             self._layout(path)
+        except io.ImageError:
+            self._tif.close()
+            raise
+        except Exception as exc:  # a TIFF whose series tifffile cannot make sense of
+            self._tif.close()
+            detail = " ".join(str(exc).split())[:80] or type(exc).__name__
+            raise io.ImageError(path, f"cannot read its image series ({detail})") from None
         except BaseException:
             self._tif.close()
             raise
@@ -488,24 +496,31 @@ def _check_channel(stack: Stack, channel: int | None) -> None:
 # Worker side
 # --------------------------------------------------------------------------------------------
 
-# One open stack (and one mean image) per worker process: opening a 1000-page plain TIFF
-# parses its IFDs (~12 ms), which every task would otherwise pay again.
-_OPEN: dict[str, tuple[tuple[int, int], Any]] = {}
+# One open stack (and one mean image) per worker thread: opening a 1000-page plain TIFF parses
+# its IFDs (~12 ms), which every task would otherwise pay again. Per thread, not per process:
+# a Dask worker may run tasks in several threads, and an open TiffFile's seek-and-read is not
+# safe to share.
+_OPEN = threading.local()
 
 
 def _cached(path: str, opener: Callable[[str], Any]) -> Any:
     st = os.stat(path)
     key = (st.st_mtime_ns, st.st_size)
-    hit = _OPEN.get(path)
+    cache: dict[str, tuple[tuple[int, int], Any]] = _OPEN.__dict__.setdefault("files", {})
+    hit = cache.get(path)
     if hit is not None and hit[0] == key:
         return hit[1]
-    if len(_OPEN) >= 2:
-        for old in list(_OPEN):
-            value = _OPEN.pop(old)[1]
+    if hit is not None:  # the file changed since it was opened
+        cache.pop(path)
+        if isinstance(hit[1], Stack):
+            hit[1].close()
+    if len(cache) >= 2:
+        for old in list(cache):
+            value = cache.pop(old)[1]
             if isinstance(value, Stack):
                 value.close()
     value = opener(path)
-    _OPEN[path] = (key, value)
+    cache[path] = (key, value)
     return value
 
 
@@ -761,7 +776,11 @@ class _Writer:
     def __init__(self, stack: Stack, output: str, kind: str,
                  names: list[str] | None = None) -> None:
         self.stack, self.output, self.kind, self.names = stack, output, kind, names
-        self.tmp = _temp_beside(output, ".part", directory=kind == "folder")
+        try:
+            self.tmp = _temp_beside(output, ".part", directory=kind == "folder")
+        except OSError as exc:
+            raise io.ImageError(output, f"cannot write the file ({exc.strerror or exc})"
+                                ) from None
 
     def write(self, pages: Iterator[np.ndarray]) -> None:
         try:
@@ -964,10 +983,10 @@ def _default_output(stack: Stack, folder: str) -> str:
     if stack.kind == "tiff":
         p = Path(stack.path)
         ext = p.suffix if p.suffix.lower() in TIFF_SUFFIXES else ".tif"
-        return os.path.join(folder, f"{p.stem}_aligned{ext}")
+        return os.fspath(Path(folder) / f"{p.stem}_aligned{ext}")
     assert stack.files is not None
     base = Path(stack.path) if os.path.isdir(stack.path) else Path(stack.files[0]).parent
-    return os.path.join(folder, f"{base.resolve().name or 'frames'}_aligned")
+    return os.fspath(Path(folder) / f"{base.resolve().name or 'frames'}_aligned")
 
 
 def _table_paths(output: str, table: str | None) -> tuple[str, str]:

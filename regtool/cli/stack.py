@@ -220,6 +220,10 @@ def stack_command(input_path: str, output: str | None, table: str | None,
         raise KeyboardInterrupt from None
     except (io.ImageError, InputError, SchedulerError) as exc:
         raise Failure(str(exc)) from None
+    except Exception:
+        if signals.stopped:  # e.g. the workers killed by the same SIGTERM (a process group's)
+            raise KeyboardInterrupt from None
+        raise
     finally:
         bar.close()
 
