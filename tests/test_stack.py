@@ -468,16 +468,15 @@ def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
 def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch, failure, status, message):
     monkeypatch.chdir(tmp_path)
     tifffile.imwrite("m.tif", make_frames(n=4), photometric="minisblack")
-    pages = {"n": 0}
-    real = stacks._warp_page
+    real = stacks._in_order
 
     def fail_on_the_third_page(*args, **kwargs):
-        pages["n"] += 1
-        if pages["n"] == 3:
-            raise failure
-        return real(*args, **kwargs)
+        for n, page in enumerate(real(*args, **kwargs)):
+            if n == 2:
+                raise failure
+            yield page
 
-    monkeypatch.setattr(stacks, "_warp_page", fail_on_the_third_page)
+    monkeypatch.setattr(stacks, "_in_order", fail_on_the_third_page)
     result = run("stack", "m.tif", "-j", "1")
     assert result.exit_code == status
     assert result.output.strip().splitlines()[-1] == message
