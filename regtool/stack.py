@@ -255,6 +255,13 @@ class Stack:
         """The files an output must not overwrite."""
         return list(self.files) if self.files is not None else [self.path]
 
+    def as_given(self, path: str) -> str:
+        """A file of the stack as the user named it (workers are handed absolute paths)."""
+        for given in self.input_paths():
+            if os.path.abspath(given) == path:
+                return given
+        return path
+
 
 class _TiffStack(Stack):
     """The first series of a TIFF file, its pages read one at a time."""
@@ -709,7 +716,7 @@ class _Registrations:
                 raise Interrupted("stopped")
             key, future = next(self.stream)
             self.results[key] = future.result()
-        return _checked(self.results.pop(k))
+        return _checked(self.results.pop(k), self.plan.stack)
 
     def row(self, k: int) -> dict[str, Any]:
         """Row ``k``, finalizing the rows before it first."""
@@ -736,7 +743,7 @@ class _Registrations:
                 future = self.executor.submit(register_task, self.plan.frame_ref(k),
                                               self._target(k, to), self.plan.sample,
                                               self.plan.options)
-                result = _checked(future.result())
+                result = _checked(future.result(), stack)
         if result["ok"] and result["converged"]:
             link = _as3(result["matrix"])
             unc = result["uncertainty"]
@@ -765,10 +772,11 @@ class _Registrations:
                     file=file)
 
 
-def _checked(result: dict[str, Any]) -> dict[str, Any]:
+def _checked(result: dict[str, Any], stack: Stack) -> dict[str, Any]:
+    """A worker's result, or the :class:`regtool.io.ImageError` it reported, raised here."""
     if result.get("fatal"):
         path, problem = result["fatal"]
-        raise io.ImageError(path, problem)
+        raise io.ImageError(stack.as_given(path), problem)
     return result
 
 
@@ -1250,7 +1258,7 @@ def _aligned_pages(stack: Stack, matrix_of: Callable[[int], np.ndarray], interp:
             like = (stack.page_shape, stack.dtype.str, stack.files[0])
         tasks = ((stack.page_ref(i), matrix_of(stack.frame_of(i)[0]).tolist(), interp, fill,
                   like) for i in range(stack.n_pages))
-        pages = (_checked(result)["page"]
+        pages = (_checked(result, stack)["page"]
                  for result in _in_order(executor, warp_task, tasks, window, stop))
     frames_done = 0
     for index, page in enumerate(pages):

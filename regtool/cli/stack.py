@@ -54,7 +54,12 @@ Failures:
   A frame that cannot be registered (blank...) or does not converge is held:
   resampled with the transform of the last good frame before it, reported in
   the table and on stderr, and never used by other frames (under 'previous' the
-  next frame is registered to the last good frame). Exit status 1 then.
+  next frame is registered to the last good frame).
+
+\b
+Exit status: 0 every frame converged, 1 a frame was held (outputs written),
+2 bad input or an output that cannot be written (nothing written), 130
+interrupted (Ctrl-C or SIGTERM: no new work starts, nothing is left).
 
 \b
 Examples:
