@@ -7,7 +7,9 @@ bleaching, runs ``python -m regtool stack`` on it for each ``--jobs``, and sampl
 of the command's whole process tree (the parent, the forkserver, the resource tracker and the
 workers) every 20 ms from /proc: the peak of the sum of their RSS (which counts the shared
 libraries once per process), of their PSS (each shared page split between the processes that
-map it: the memory the run really takes), and the parent's RSS. Linux only.
+map it: the memory the run really takes), and the parent's RSS; and the CPU seconds of the
+whole tree, which say more than the wall time on a shared machine (the load average is
+printed). Linux only.
 """
 
 from __future__ import annotations
@@ -76,23 +78,38 @@ def _kb(path: str, key: str) -> int:
     return 0
 
 
-def measure(args: list[str], cwd: Path) -> tuple[float, int, int, int, int]:
-    """Run a command; return (wall s, peak RSS and PSS of its tree, parent's RSS, status)."""
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(args: list[str], cwd: Path) -> tuple[float, float, int, int, int, int]:
+    """Run a command; return (wall s, CPU s of its whole tree, peak RSS and PSS of the tree,
+    the parent's peak RSS, exit status)."""
     start = time.perf_counter()
     proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL)
     peak_rss = peak_pss = peak_parent = 0
+    cpu: dict[int, float] = {}  # the last reading of every process seen
     while proc.poll() is None:
         rss = pss = 0
         todo = [proc.pid]
         while todo:
             pid = todo.pop()
+            cpu[pid] = max(cpu.get(pid, 0.0), _cpu(pid))
             rss += _kb(f"/proc/{pid}/status", "VmRSS:")
             pss += _kb(f"/proc/{pid}/smaps_rollup", "Pss:")
             todo += _children(pid)
         peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         peak_parent = max(peak_parent, _kb(f"/proc/{proc.pid}/status", "VmRSS:"))
         time.sleep(0.02)
-    return time.perf_counter() - start, peak_rss, peak_pss, peak_parent, proc.returncode
+    # the CPU of the last 20 ms of each process is missed
+    return (time.perf_counter() - start, sum(cpu.values()), peak_rss, peak_pss, peak_parent,
+            proc.returncode)
 
 
 def main() -> None:
@@ -109,15 +126,16 @@ def main() -> None:
     size = make_stack(stack, opts.frames, opts.size)
     mb = 1024 * 1024
     print(f"stack: {opts.frames} frames of {opts.size}x{opts.size} uint16, {size / mb:.0f} MiB")
-    print("| -j | wall s | s/frame | peak RSS, all processes | peak PSS, all processes | "
-          "parent's peak RSS | exit |")
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print("| -j | wall s | CPU s, all processes | peak RSS, all processes | "
+          "peak PSS, all processes | parent's peak RSS | exit |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for jobs in opts.jobs:
         out = work / f"aligned_j{jobs}.tif"
-        wall, rss, pss, parent, code = measure(
+        wall, cpu, rss, pss, parent, code = measure(
             [sys.executable, "-m", "regtool", "stack", os.fspath(stack), "-o", os.fspath(out),
              "-j", str(jobs), "--reference", opts.reference, "-q"], work)
-        print(f"| {jobs} | {wall:.1f} | {wall / opts.frames:.3f} | {rss / mb:.0f} MiB "
+        print(f"| {jobs} | {wall:.1f} | {cpu:.1f} | {rss / mb:.0f} MiB "
               f"({100 * rss / size:.0f} % of the stack) | {pss / mb:.0f} MiB "
               f"({100 * pss / size:.0f} %) | {parent / mb:.0f} MiB | {code} |")
     if opts.keep is None:
