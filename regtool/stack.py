@@ -1122,6 +1122,9 @@ def plan_stack(path: str | os.PathLike, output: str | None = None, table: str | 
     options = options or AlignOptions()
     _check_options(options.optimizer, options.metric, options.tol, options.max_iter,
                    options.min_overlap, options.init)
+    if options.interp not in INTERP_ORDERS:
+        raise ValueError(f"interp must be one of {sorted(INTERP_ORDERS)}, not "
+                         f"{options.interp!r}")
     stack = open_stack(path)
     try:
         ref = _parse_reference(reference, stack.n_frames, stack.path)
