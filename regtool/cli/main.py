@@ -27,6 +27,7 @@ import click
 from .._version import __version__
 from .align import align_command
 from .options import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, say_error
+from .stack import stack_command
 from .warp import warp_command
 
 __all__ = ["cli", "main"]
@@ -115,6 +116,7 @@ def cli() -> None:
 
 
 cli.add_command(align_command)
+cli.add_command(stack_command)
 cli.add_command(warp_command)
 
 

@@ -1,0 +1,244 @@
+"""``regtool stack``: align the frames of a time-lapse stack to a reference."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from .options import (
+    EXIT_NOT_CONVERGED,
+    EXIT_OK,
+    Failure,
+    align_options,
+    registration_options,
+    stderr_is_terminal,
+)
+
+REFERENCE_WORDS = ("first", "previous", "mean")
+#: held frames listed one per line in the summary before "... and N more"
+SHOWN_HELD = 10
+
+_STACK_EPILOG = """\b
+Input:
+  A multi-page TIFF (plain, BigTIFF, ImageJ hyperstack with T, Z and C axes), a
+  folder of frames (.png, .tif, .jpg...; natural order: f2 before f10), or a
+  quoted glob such as 'run1/t*.png'.
+
+\b
+Outputs:
+  The aligned stack: a TIFF input gives a TIFF of the same axes, dtype, ImageJ
+  metadata and pixel size, by default ./<stem>_aligned.tif; a folder or glob
+  gives a folder of frames with the same names, by default ./<name>_aligned/
+  (or a multi-page TIFF with -o OUT.tif). The transforms table goes beside it
+  as <OUT stem>_transforms.csv and .json unless --table says otherwise: per
+  frame its index, status (reference, ok, held), converged, reason, the matrix
+  to the reference, tx, ty, theta_deg, the shift about the center, ncc and the
+  expected error (px). Written atomically: an interrupted or failed run leaves
+  nothing.
+
+\b
+References (frames and channels are numbered from 0, as in the table):
+  first     every frame to frame 0
+  N         every frame to frame N
+  mean      every frame to the mean frame (one extra pass over the stack)
+  previous  each frame to its predecessor, the pairs in parallel, composed in
+            order; the same result as a serial run, exactly
+
+\b
+Failures:
+  A frame that cannot be registered (blank...) or does not converge is held:
+  resampled with the transform of the last good frame before it, reported in
+  the table and on stderr, and never used by other frames (under 'previous' the
+  next frame is registered to the last good frame).
+
+\b
+Exit status: 0 every frame converged, 1 a frame was held (outputs written),
+2 bad input or an output that cannot be written (nothing written), 130
+interrupted (Ctrl-C or SIGTERM: no new work starts, nothing is left).
+
+\b
+Examples:
+  regtool stack movie.tif
+  regtool stack movie.tif --reference previous -j 4
+  regtool stack hyperstack.tif --channel 1 -o out/aligned.tif
+  regtool stack frames/ --reference mean
+  regtool stack 'run1/t*.png' -o run1_aligned.tif --table run1.csv
+"""
+
+
+class ReferenceType(click.ParamType):
+    """``first``, ``previous``, ``mean`` or a frame index N (from 0)."""
+
+    name = "first|previous|mean|N"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str | int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        word = str(value).strip().lower()
+        if word in REFERENCE_WORDS:
+            return word
+        try:
+            index = int(word)
+        except ValueError:
+            index = -1
+        if index < 0:
+            self.fail(f"{value!r} is neither first, previous, mean nor a frame index (0, 1, "
+                      "2...)", param, ctx)
+        return index
+
+
+class _FrameBar:
+    """tqdm bars on stderr: over the mean pass, then over the frames written."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.stage = ""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if stage != self.stage:
+            self.close()
+            from tqdm import tqdm
+
+            desc = "mean frame" if stage == "mean" else "frames"
+            self.bar = tqdm(total=total, desc=desc, unit="frame", file=sys.stderr,
+                            leave=False, dynamic_ncols=True)
+            self.stage = stage
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class _StopSignals:
+    """Ctrl-C and SIGTERM set a flag the run polls (no new work; running tasks end; no file
+    is left); a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stopped:
+            raise KeyboardInterrupt
+        self.stopped = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_StopSignals]:
+        saved = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                saved[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave the defaults
+            pass
+        try:
+            yield self
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+
+
+def _summary(outcome: Any, plan: Any) -> str:
+    rows = outcome.rows
+    ok = sum(1 for r in rows if r["converged"])
+    channel = "" if plan.channel is None else f", channel {plan.channel}"
+    lines = [f"frames     {len(rows)} (reference {plan.reference}{channel}), {ok} converged"]
+    held = [r for r in rows if r["status"] == "held"]
+    for r in held[:SHOWN_HELD]:
+        source = ("identity" if r["held_from"] is None
+                  else f"transform of frame {r['held_from']}")
+        lines.append(f"held       frame {r['index']}: {r['reason']} ({source})")
+    if len(held) > SHOWN_HELD:
+        lines.append(f"held       ... and {len(held) - SHOWN_HELD} more (see the table)")
+    shifts = [abs(v) for r in rows for v in r["shift"]]
+    turns = [abs(r["theta_deg"]) for r in rows]
+    lines += [
+        f"motion     up to {max(shifts):.3f} px shift and {max(turns):.4f} deg rotation "
+        "about the center",
+        f"aligned    {outcome.output}",
+        f"table      {outcome.table_csv}, {outcome.table_json}",
+    ]
+    return "\n".join(lines)
+
+
+@click.command(
+    "stack",
+    short_help="Align the frames of a stack (TIFF, folder or glob) to a reference.",
+    epilog=_STACK_EPILOG,
+    context_settings={"max_content_width": 100},
+)
+@click.argument("input_path", metavar="INPUT")
+@click.option("-o", "--output", metavar="OUT",
+              help="Aligned stack. Default: ./<stem>_aligned.tif for a TIFF, ./<name>_aligned/ "
+                   "(a folder of frames) for a folder or glob.")
+@click.option("--table", metavar="OUT.csv",
+              help="Transforms table (.csv; the .json is written beside it). Default: "
+                   "<OUT stem>_transforms.csv.")
+@click.option("--reference", type=ReferenceType(), default="first", show_default=True,
+              metavar="first|previous|mean|N",
+              help="What every frame is registered to: first, previous, mean, or frame N.")
+@click.option("--channel", type=click.IntRange(min=0), metavar="C",
+              help="Register on this channel (from 0; for RGB frames a color sample) and "
+                   "apply the transform to every channel. Default: channel 0, or the "
+                   "luminance of RGB frames.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N",
+              help="Worker processes. Default: the cores available.")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Run the registrations on this Dask scheduler (e.g. tcp://host:8786); the "
+                   "files must be on a file system its workers share.")
+@registration_options
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def stack_command(input_path: str, output: str | None, table: str | None,
+                  reference: str | int, channel: int | None, jobs: int | None,
+                  scheduler: str | None, quiet: bool, **registration: Any) -> int:
+    """Align every frame of the stack INPUT to a reference frame (rigid: rotation + shift).
+
+    Drift, bleaching and changing exposure are handled by default (the ncc metric).
+    """
+    from regtool import io
+    from regtool import stack as stacks
+    from regtool.errors import InputError
+    from regtool.executors import SchedulerError
+
+    options = align_options(registration)
+    try:
+        plan = stacks.plan_stack(input_path, output, table, reference=reference,
+                                 channel=channel, options=options)
+    except io.ImageError as exc:
+        raise Failure(str(exc)) from None
+
+    bar = _FrameBar(enabled=not quiet and stderr_is_terminal())
+    signals = _StopSignals()
+    try:
+        with plan, signals.installed():
+            outcome = stacks.run_stack(plan, jobs=jobs, scheduler=scheduler, progress=bar,
+                                       stop=lambda: signals.stopped)
+    except stacks.Interrupted:
+        raise KeyboardInterrupt from None
+    except (io.ImageError, InputError, SchedulerError) as exc:
+        raise Failure(str(exc)) from None
+    except Exception:
+        if signals.stopped:  # e.g. the workers killed by the same SIGTERM (a process group's)
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        bar.close()
+
+    if not quiet:
+        click.echo(_summary(outcome, plan))
+    if not outcome.converged:
+        held = outcome.held
+        listed = ", ".join(map(str, held[:SHOWN_HELD])) + (", ..." if len(held) > SHOWN_HELD
+                                                           else "")
+        click.echo(f"regtool: {len(held)} of {len(outcome.rows)} frames did not converge "
+                   f"(held: {listed}); outputs written anyway", err=True)
+        return EXIT_NOT_CONVERGED
+    return EXIT_OK
