@@ -1036,14 +1036,27 @@ def _parse_reference(reference: str | int, n_frames: int, path: str) -> str | in
     return index
 
 
-def _default_output(stack: Stack, folder: str) -> str:
+def _default_output(stack: Stack, folder: str, tag: str = "aligned") -> str:
     if stack.kind == "tiff":
         p = Path(stack.path)
         ext = p.suffix if p.suffix.lower() in TIFF_SUFFIXES else ".tif"
-        return os.fspath(Path(folder) / f"{p.stem}_aligned{ext}")
+        return os.fspath(Path(folder) / f"{p.stem}_{tag}{ext}")
     assert stack.files is not None
     base = Path(stack.path) if os.path.isdir(stack.path) else Path(stack.files[0]).parent
-    return os.fspath(Path(folder) / f"{base.resolve().name or 'frames'}_aligned")
+    return os.fspath(Path(folder) / f"{base.resolve().name or 'frames'}_{tag}")
+
+
+def default_output(stack_path: str | os.PathLike, folder: str = ".", tag: str = "aligned") -> str:
+    """Where a stack's output goes by default: ``<folder>/<stem>_<tag>.tif`` for a TIFF,
+    ``<folder>/<name>_<tag>`` (a folder of frames) for a folder or a glob.
+
+    Raises
+    ------
+    regtool.io.ImageError
+        The stack cannot be opened.
+    """
+    with open_stack(stack_path) as stack:
+        return _default_output(stack, folder, tag)
 
 
 def _table_paths(output: str, table: str | None) -> tuple[str, str]:

@@ -429,6 +429,42 @@ def test_cli_stack_defaults_and_exit_statuses(tmp_path, monkeypatch):
     assert sorted(os.listdir("tables")) == ["b.csv", "b.json"]
 
 
+def test_cli_warp_applies_a_stacks_table_to_another_stack(tmp_path, monkeypatch):
+    """One channel's transforms moved onto another: ``stack`` then ``warp --transforms``."""
+    monkeypatch.chdir(tmp_path)
+    green = make_frames(n=5)
+    red = make_frames(n=5, scene=1)  # another picture that moves with the same drift
+    tifffile.imwrite("green.tif", green, imagej=True, metadata={"axes": "TYX"})
+    tifffile.imwrite("red.tif", red, imagej=True, metadata={"axes": "TYX"})
+    assert run("stack", "green.tif", "-q", "-j", "1").exit_code == 0
+    result = run("warp", "red.tif", "--transforms", "green_aligned_transforms.csv")
+    assert result.exit_code == 0, result.output
+    assert os.path.exists("red_warped.tif")
+    rows = json.loads(Path("green_aligned_transforms.json").read_text())["rows"]
+    warped = tifffile.imread("red_warped.tif")
+    assert warped.shape == red.shape and warped.dtype == red.dtype
+    for k, row in enumerate(rows):
+        expected = warp(red[k], np.vstack([row["matrix"], [0, 0, 1]]), (SIZE, SIZE))
+        np.testing.assert_array_equal(warped[k], expected)
+    # the same table on the stack it came from gives stack's own output exactly
+    assert run("warp", "green.tif", "--transforms", "green_aligned_transforms.json",
+               "-o", "again.tif", "-q").exit_code == 0
+    np.testing.assert_array_equal(tifffile.imread("again.tif"),
+                                  tifffile.imread("green_aligned.tif"))
+    # frame counts must agree: one line naming the table, exit 2, nothing written
+    tifffile.imwrite("short.tif", red[:3], imagej=True, metadata={"axes": "TYX"})
+    before = sorted(os.listdir("."))
+    result = run("warp", "short.tif", "--transforms", "green_aligned_transforms.csv")
+    assert result.exit_code == 2
+    assert result.output.strip() == ("regtool: error: green_aligned_transforms.csv: the table "
+                                     "has 5 frames but short.tif has 3")
+    assert sorted(os.listdir(".")) == before
+    for args in (["red.tif"], ["red.tif", "--transforms", "t.csv", "--params", "p.json"],
+                 ["--transforms", "green_aligned_transforms.csv"]):
+        result = run("warp", *args)
+        assert result.exit_code == 2 and "regtool: error:" in result.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["missing.tif"], "missing.tif: no such file or folder"),
     (["one.tif"], "one.tif: holds 1 frame; a stack needs at least 2"),

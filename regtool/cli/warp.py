@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .options import EXIT_NOT_CONVERGED, EXIT_OK, INTERPOLATIONS, Failure
+from .options import EXIT_NOT_CONVERGED, EXIT_OK, INTERPOLATIONS, Failure, stderr_is_terminal
 
 #: What messages call the parameter document read from ``--params -``.
 STDIN_NAME = "<stdin>"
@@ -41,6 +41,13 @@ Parameters:
   converged is applied anyway, with a warning and exit status 1.
 
 \b
+Stacks:
+  --transforms TABLE (instead of --params) applies the table regtool stack wrote
+  to another stack of the same frame count and frame size, frame k resampled
+  with the table's matrix of frame k; the output keeps the input's layout and
+  type (default ./<stem>_warped.tif, or ./<name>_warped/ for a folder).
+
+\b
 Outputs:
   By default ./<stem>_warped<ext> (<stem>, <ext> of IMAGE or IN.csv; as in
   regtool align, .png or .tif when IMAGE's format cannot hold the result).
@@ -53,6 +60,8 @@ Examples:
   regtool warp s_labels.png --params s_aligned.json --interp nearest
   regtool align t.png s.png --json | regtool warp s_red.png --params - -o red_aligned.png
   regtool warp --points tracks.csv --params s_aligned.json -o tracks_aligned.csv
+  regtool stack green.tif -o green_aligned.tif
+  regtool warp red.tif --transforms green_aligned_transforms.csv -o red_aligned.tif
 """
 
 
@@ -98,8 +107,12 @@ def _shape_text(shape: tuple[int, int]) -> str:
     context_settings={"max_content_width": 100},
 )
 @click.argument("image", metavar="[IMAGE]", required=False)
-@click.option("--params", "params", metavar="FILE|-", required=True,
+@click.option("--params", "params", metavar="FILE|-",
               help="The transform: a regtool align JSON, or '-' to read it from stdin.")
+@click.option("--transforms", "transforms", metavar="TABLE",
+              help="Instead of --params: a transforms table written by regtool stack (.csv or "
+                   ".json), applied frame by frame to the stack IMAGE (a TIFF, a folder of "
+                   "frames or a glob) of the same frame count and size.")
 @click.option("-o", "--output", metavar="OUT",
               help="Warped image (.png, .tif or .jpg), or with --points the mapped table. "
                    "Default: ./<stem>_warped<ext>.")
@@ -116,7 +129,8 @@ def _shape_text(shape: tuple[int, int]) -> str:
 def warp_command(
     ctx: click.Context,
     image: str | None,
-    params: str,
+    params: str | None,
+    transforms: str | None,
     output: str | None,
     interp: str,
     fill: float,
@@ -129,6 +143,15 @@ def warp_command(
     IMAGE (an image of the source's size) is resampled onto the target's grid, as align
     resampled the source.
     """
+    if (params is None) == (transforms is None):
+        raise click.UsageError("give either --params FILE|- or --transforms TABLE (one of "
+                               "them)", ctx)
+    if transforms is not None:
+        if points is not None or inverse or image is None:
+            raise click.UsageError("--transforms applies a stack's table to a STACK: give the "
+                                   "stack, and neither --points nor --inverse", ctx)
+        return _warp_stack(image, transforms, output, interp, fill, quiet)
+    assert params is not None
     if (image is None) == (points is None):
         raise click.UsageError("give either IMAGE or --points IN.csv (one of them)", ctx)
     if points is not None:
@@ -176,6 +199,32 @@ def _warp_image(image: str, params: str, output: str | None, interp: str, fill: 
         click.echo(f"warped {image} onto the {_shape_text(saved.target_shape)} target grid of "
                    f"{saved.name} ({interp}): {out}")
     return _warn_not_converged(saved, quiet)
+
+
+def _warp_stack(stack_path: str, table: str, output: str | None, interp: str, fill: float,
+                quiet: bool) -> int:
+    from regtool import io
+    from regtool import stack as stacks
+
+    from .stack import _FrameBar, _StopSignals
+
+    bar = _FrameBar(enabled=not quiet and stderr_is_terminal())
+    signals = _StopSignals()
+    try:
+        out = output if output is not None else stacks.default_output(stack_path, tag="warped")
+        with signals.installed():
+            stacks.apply_table(stack_path, table, out, interp=interp, fill=fill, progress=bar,
+                               stop=lambda: signals.stopped)
+    except stacks.Interrupted:
+        raise KeyboardInterrupt from None
+    except io.ImageError as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        bar.close()
+    if not quiet:
+        click.echo(f"warped the frames of {stack_path} with the transforms of {table} "
+                   f"({interp}): {out}")
+    return EXIT_OK
 
 
 def _warp_points(points: str, params: str, output: str | None, inverse: bool,
