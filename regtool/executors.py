@@ -75,6 +75,28 @@ def _worker_start() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _start_forkserver() -> None:
+    """Start the forkserver (if it is not running) with SIGINT ignored from its birth.
+
+    Ctrl-C reaches the whole process group. A worker forked from the forkserver gets the
+    forkserver's original SIGINT handler back until :func:`_worker_start` runs; a Ctrl-C in
+    that instant (at the start of a batch) killed the worker, which broke the pool and had the
+    pool terminate the other workers in the middle of their writes. A process started with
+    SIGINT ignored keeps it ignored, so the forkserver, and every worker, is started so.
+    """
+    from multiprocessing import forkserver
+
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals are not ours to set
+        forkserver.ensure_running()
+        return
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def local_pool(jobs: int) -> ProcessPoolExecutor:
     """A process pool of ``jobs`` workers, each with one BLAS thread and SIGINT ignored.
 
@@ -84,9 +106,12 @@ def local_pool(jobs: int) -> ProcessPoolExecutor:
         Worker processes, at least 1.
     """
     methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    method = "forkserver" if "forkserver" in methods else "spawn"
+    context = multiprocessing.get_context(method)
     # The variables are also set in the parent for the start of the forkserver: its children
     # inherit its environment, and numpy must see them before it loads.
+    if method == "forkserver":
+        _start_forkserver()
     jobs = max(1, int(jobs))
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_start)
     _CAPACITY[pool] = lambda: jobs
