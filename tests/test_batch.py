@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,12 +20,12 @@ from pathlib import Path
 import distributed
 import numpy as np
 import pytest
+import synth
 from click.testing import CliRunner
 
 from regtool import batch, io, pipeline
 from regtool.cli import align as cli_align
 from regtool.cli import cli
-from tests import synth
 
 SHAPE = (64, 64)
 SHIFT_TOL = 0.05  # px: 8-bit quantization of a 64x64 crop costs about 0.01
@@ -358,10 +359,13 @@ def test_batch_options_refused_for_one_pair(work):
 
 
 def test_unreachable_scheduler_is_one_line_exit_2_at_once(work):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     start = time.monotonic()
-    result = run("align", "target.png", "frames", "--scheduler", "tcp://127.0.0.1:9")
+    result = run("align", "target.png", "frames", "--scheduler", address)
     assert time.monotonic() - start < 4
-    assert_usage_error(result, "tcp://127.0.0.1:9: cannot reach the Dask scheduler")
+    assert_usage_error(result, f"{address}: cannot reach the Dask scheduler")
     assert sorted(os.listdir(work)) == ["frames", "target.png"]
 
 
@@ -406,7 +410,7 @@ def data_rows(path: Path) -> int:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_batch_then_resume(tmp_path, monkeypatch, signum):
     write_target(tmp_path / "target.png")
-    n = 60
+    n = 40
     write_sources(tmp_path / "frames", n)
     # the checkout first, so this regtool runs even when it is not installed
     paths = [os.fspath(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]

@@ -368,7 +368,8 @@ def _batch_summary(tally: Any, results: str, where: str, seconds: float) -> str:
              *listed(tally.not_converging, tally.not_converged),
              f"failed         {tally.failed}",
              *listed(tally.failures, tally.failed)]
-    lines += [f"skipped        {tally.skipped} (found complete; counted above by their rows)",
+    note = " (outputs found complete; counted above by their rows)" if tally.skipped else ""
+    lines += [f"skipped        {tally.skipped}{note}",
               f"results        {results}",
               f"time           {seconds:.1f} s"]
     left = tally.total - tally.finished
