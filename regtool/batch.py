@@ -504,6 +504,14 @@ class ResultsTable:
         self._writer: Any = None
 
     def __enter__(self) -> ResultsTable:
+        try:
+            self._start()
+        except OSError as exc:
+            raise io.ImageError(self.path, f"cannot write the file ({exc.strerror or exc})"
+                                ) from None
+        return self
+
+    def _start(self) -> None:
         folder = os.path.dirname(self.path) or "."
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(self.path)}.",
                                    suffix=".part")
@@ -518,24 +526,38 @@ class ResultsTable:
             raise
         self._file = open(self.path, "a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file)
-        return self
 
     def add(self, row: dict[str, Any], flush: bool = True) -> None:
-        """Append ``row`` (keys :data:`COLUMNS`; missing ones are empty)."""
-        self._writer.writerow([_cell(row.get(name)) for name in COLUMNS])
-        if flush:
-            self._file.flush()
+        """Append ``row`` (keys :data:`COLUMNS`; missing ones are empty).
+
+        Raises
+        ------
+        regtool.io.ImageError
+            The table cannot be written (disk full...).
+        """
+        try:
+            self._writer.writerow([_cell(row.get(name)) for name in COLUMNS])
+            if flush:
+                self._file.flush()
+        except OSError as exc:
+            raise io.ImageError(self.path, f"cannot write the file ({exc.strerror or exc})"
+                                ) from None
 
     def flush(self) -> None:
-        """Hand the rows added to the operating system."""
-        self._file.flush()
+        """Hand the rows added to the operating system (see :meth:`add`)."""
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise io.ImageError(self.path, f"cannot write the file ({exc.strerror or exc})"
+                                ) from None
 
     def __exit__(self, *exc: Any) -> None:
         if self._file is not None:
-            self._file.flush()
             with contextlib.suppress(OSError):
+                self._file.flush()
                 os.fsync(self._file.fileno())
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._file = None
 
 
@@ -688,6 +710,9 @@ def run_batch(batch: Batch, executor: Any, *, skip_existing: bool = False,
     BatchAborted
         The executor broke (a local worker process died); raised once the tasks in flight
         are recorded.
+    regtool.io.ImageError
+        ``results.csv`` cannot be written (disk full...). Raised at once: the tasks in flight
+        may still finish, without their rows (``skip_existing`` finds them).
     """
     if window is None:
         def window() -> int:

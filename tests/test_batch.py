@@ -378,6 +378,22 @@ def test_files_bar_on_a_terminal(work, monkeypatch):
     assert quiet.stderr == "" and quiet.stdout == ""
 
 
+def test_a_results_table_that_cannot_be_written_is_one_line(work, monkeypatch):
+    real = batch._cell
+
+    def full(value):
+        if value == "frames/s002.png":
+            raise OSError(28, "No space left on device")
+        return real(value)
+
+    monkeypatch.setattr(batch, "_cell", full)
+    result = run("align", "target.png", "frames", "-o", "out", "-j", "1")
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert result.stderr == ("regtool: error: out/results.csv: cannot write the file "
+                             "(No space left on device)\n")
+    assert len(rows_by_source(work / "out" / "results.csv")) == 2  # s000 and s001
+
+
 def test_skip_existing_resumes_and_keeps_the_rows(work):
     first = run("align", "target.png", "frames", "-o", "out", "-j", "2")
     assert first.exit_code == 0, first.stderr

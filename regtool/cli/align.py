@@ -430,7 +430,7 @@ def _align_batch(target: str, sources: tuple[str, ...], output: str | None, para
                         if completed.status == batch.FAILED:
                             bar.error(completed.row["reason"])
                         bar.update(tally)
-                except batch.BatchAborted as exc:
+                except (batch.BatchAborted, io.ImageError) as exc:  # a broken pool, a full disk
                     aborted = str(exc)
                 finally:
                     bar.close()
