@@ -8,10 +8,10 @@ never know which kind they got (GUIDE section 6):
   single-threaded by design and ``jobs`` processes share the cores), and makes the workers ignore
   SIGINT, so the parent alone decides what happens on Ctrl-C;
 * a Dask cluster is reached through ``distributed.Client(address).get_executor(pure=False)``
-  (identical calls would otherwise be run once). The address is checked and, for ``tcp://`` and
-  ``tls://``, its port probed with a plain socket first, so a mistyped or unreachable scheduler
-  is an error at once (a refused connection) or within :data:`CONNECT_TIMEOUT_S`, never the
-  client's ten-second hang at exit that a malformed address otherwise costs.
+  (identical calls would otherwise be run once). The address is parsed, its port tried with a
+  plain socket and the server asked whether it is a scheduler before any client exists, so a
+  mistyped, unreachable or wrong address is an error at once (a refused connection) or within
+  :data:`CONNECT_TIMEOUT_S`, never the ten-second hang at exit that a failed client costs.
 
 :func:`bounded` keeps a bounded window of futures in flight and stops submitting when asked:
 cancelling a running future stops nothing, in either kind. Worse, a future of Dask's
@@ -133,6 +133,7 @@ def _check_address(address: str, timeout: float) -> None:
     from distributed.comm import registry
     from distributed.comm.addressing import parse_address, parse_host_port
     from distributed.core import rpc
+    from distributed.security import Security
 
     example = "give the address 'dask scheduler' printed, e.g. tcp://10.0.0.5:8786"
     try:
@@ -156,7 +157,9 @@ def _check_address(address: str, timeout: float) -> None:
         raise SchedulerError(f"{address}: cannot reach the Dask scheduler ({reason})") from None
 
     async def identify() -> Any:
-        remote = rpc(address, timeout=timeout)
+        # the TLS settings of Dask's configuration, as a Client would use them
+        remote = rpc(address, timeout=timeout,
+                     connection_args=Security().get_connection_args("client"))
         try:
             return await remote.identity()
         finally:
