@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
 from typing import Any
 
 import click
 
 from .options import (
+    EXIT_INTERRUPTED,
     EXIT_NOT_CONVERGED,
     EXIT_OK,
     Failure,
     align_options,
     registration_options,
+    say_error,
     stderr_is_terminal,
 )
+
+#: where the outputs of a batch go without -o
+DEFAULT_BATCH_FOLDER = "aligned"
 
 _ALIGN_EPILOG = """\b
 Outputs:
@@ -41,6 +49,18 @@ Conventions:
   M = [[cos t, -sin t, tx], [sin t, cos t, ty]].
 
 \b
+Batches:
+  With several sources, a folder or a glob pattern, each source is aligned to
+  TARGET in worker processes (-j), and -o names the output folder (created;
+  default ./aligned): <stem>_aligned<ext> and .json for each source, and
+  results.csv, a row per source as each finishes. A source that fails gets one
+  line on stderr and the others go on. Ctrl-C (or SIGTERM) starts no new work,
+  lets the running tasks finish, and exits 130 with results.csv matching what is
+  on disk; rerun with --skip-existing to do the rest. Exit status: 0 when every
+  source converged, 1 when one did not or failed, 2 before any work for bad
+  usage or an unusable target.
+
+\b
 Examples:
   regtool align target.png source.png
   regtool align target.png source.png -o out/aligned.png --params out/params.json
@@ -49,6 +69,9 @@ Examples:
   regtool align t.png s.png --init none      # nearly aligned already: no global search
   regtool align t.png s.png --target-mask no_scale_bar.png --source-mask no_scale_bar.png
   regtool align t.png s.png --min-overlap 0.1
+  regtool align ref.tif frames/ -o out/ -j 4        # every image of frames/
+  regtool align ref.tif 'frames/*.tif' --skip-existing  # resume into ./aligned/
+  regtool align ref.tif frames/ --scheduler tcp://10.0.0.5:8786  # a Dask cluster
 """
 
 
@@ -164,13 +187,25 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
     context_settings={"max_content_width": 100},
 )
 @click.argument("target", metavar="TARGET")
-@click.argument("source", metavar="SOURCE")
-@click.option("-o", "--output", metavar="OUT_IMAGE",
-              help="Aligned image (.png, .tif or .jpg). Default: ./<source stem>_aligned<ext>.")
+@click.argument("sources", metavar="SOURCE...", nargs=-1, required=True)
+@click.option("-o", "--output", metavar="OUT_IMAGE|DIR",
+              help="Aligned image (.png, .tif or .jpg). Default: ./<source stem>_aligned<ext>. "
+                   "In a batch: the output folder, created if needed. Default: "
+                   f"./{DEFAULT_BATCH_FOLDER}/.")
 @click.option("--params", metavar="OUT_JSON",
-              help="Parameter file. Default: OUT_IMAGE with the extension .json.")
+              help="Parameter file. Default: OUT_IMAGE with the extension .json. One pair "
+                   "only.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print the JSON document on stdout instead of the summary.")
+              help="Print the JSON document on stdout instead of the summary. One pair only.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N",
+              help="Worker processes of a batch. Default: the cores this process may use.")
+@click.option("--skip-existing", is_flag=True,
+              help="In a batch, skip the sources whose outputs are in the output folder "
+                   "already, complete (resumes an interrupted batch).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Run a batch on the Dask cluster whose scheduler is at ADDRESS (e.g. "
+                   "tcp://10.0.0.5:8786; needs regtool[dask] and a filesystem shared with "
+                   "the workers) instead of local processes.")
 @registration_options
 @click.option("--target-mask", metavar="FILE",
               help="Image of the target's size: nonzero = use the pixel, 0 = leave it out "
@@ -181,10 +216,13 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
               help="Print nothing but errors (and the JSON document with --json).")
 def align_command(
     target: str,
-    source: str,
+    sources: tuple[str, ...],
     output: str | None,
     params: str | None,
     as_json: bool,
+    jobs: int | None,
+    skip_existing: bool,
+    scheduler: str | None,
     target_mask: str | None,
     source_mask: str | None,
     quiet: bool,
@@ -193,12 +231,30 @@ def align_command(
     """Align SOURCE to TARGET with a rigid transform (rotation + translation).
 
     TARGET is the reference; SOURCE is resampled onto TARGET's grid. Both may be gray, RGB or
-    RGBA, 8/16-bit or float, of different sizes. The estimate uses their luminance.
+    RGBA, 8/16-bit or float, of different sizes. The estimate uses their luminance. Several
+    SOURCEs (files, folders, glob patterns) make a batch: see Batches below.
     """
+    from regtool import batch
+
+    options = align_options(registration)
+    if batch.is_batch(sources):
+        return _align_batch(target, sources, output, params, as_json, jobs, skip_existing,
+                            scheduler, target_mask, source_mask, quiet, options)
+    for flag, given in (("--skip-existing", skip_existing), ("--scheduler", scheduler)):
+        if given:
+            raise Failure(f"{flag} applies to batches (several sources, a folder or a glob "
+                          "pattern), not to one pair")
+    return _align_pair(target, sources[0], output, params, as_json, target_mask, source_mask,
+                       quiet, options)
+
+
+def _align_pair(target: str, source: str, output: str | None, params: str | None,
+                as_json: bool, target_mask: str | None, source_mask: str | None, quiet: bool,
+                options: Any) -> int:
+    """One pair, in this process: the summary (or the document) on stdout."""
     import regtool
     from regtool import io, pipeline
 
-    options = align_options(registration)
     try:
         loaded_target = pipeline.read_input(target, target_mask, "target")
         loaded_source = pipeline.read_input(source, source_mask, "source")
@@ -228,3 +284,167 @@ def align_command(
                        "outputs written anyway", err=True)
         return EXIT_NOT_CONVERGED
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------
+
+
+class _Interruptions:
+    """While active, SIGINT and SIGTERM are noted instead of stopping the process.
+
+    The batch then submits no new task, lets the running ones finish their atomic writes and
+    records them, and the command exits 130. (The local workers ignore SIGINT themselves:
+    Ctrl-C reaches the whole process group.) Outside the main thread no handler can be set,
+    and the signals act as usual.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._saved: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interruptions:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._saved[number] = signal.signal(number, self._note)
+            except ValueError:
+                pass
+        return self
+
+    def _note(self, number: int, frame: Any) -> None:
+        self.received = number
+
+    def __call__(self) -> bool:
+        return self.received is not None
+
+    def __exit__(self, *exc: Any) -> None:
+        for number, handler in self._saved.items():
+            signal.signal(number, handler)
+
+
+class _FileBar:
+    """A tqdm bar over the sources on stderr (when enabled), and the error lines beside it."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.bar: Any = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="aligning", unit="file", file=sys.stderr,
+                            dynamic_ncols=True)
+
+    def update(self, tally: Any) -> None:
+        if self.bar is not None:
+            problems = tally.failed + tally.not_converged
+            if problems:
+                self.bar.set_postfix_str(f"{tally.not_converged} not converged, "
+                                         f"{tally.failed} failed", refresh=False)
+            self.bar.update(1)
+
+    def error(self, message: str) -> None:
+        if self.bar is None:
+            say_error(message)
+        else:
+            self.bar.write("regtool: error: " + " ".join(str(message).split()), file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _batch_summary(tally: Any, results: str, where: str, seconds: float) -> str:
+    def listed(items: list[tuple[str, str]], count: int) -> list[str]:
+        lines = [f"  {source}: {reason}" if not reason.startswith(source) else f"  {reason}"
+                 for source, reason in items]
+        if count > len(items):
+            lines.append(f"  ... and {count - len(items)} more (see {results})")
+        return lines
+
+    lines = [f"sources        {tally.total}, {where}",
+             f"done           {tally.done}",
+             f"not converged  {tally.not_converged}",
+             *listed(tally.not_converging, tally.not_converged),
+             f"failed         {tally.failed}",
+             *listed(tally.failures, tally.failed)]
+    note = " (outputs found complete; counted above by their rows)" if tally.skipped else ""
+    lines += [f"skipped        {tally.skipped}{note}",
+              f"results        {results}",
+              f"time           {seconds:.1f} s"]
+    left = tally.total - tally.finished
+    if left:
+        lines.insert(-2, f"not started    {left}")
+    return "\n".join(lines)
+
+
+def _align_batch(target: str, sources: tuple[str, ...], output: str | None, params: str | None,
+                 as_json: bool, jobs: int | None, skip_existing: bool, scheduler: str | None,
+                 target_mask: str | None, source_mask: str | None, quiet: bool,
+                 options: Any) -> int:
+    """Many sources: workers, results.csv, a bar, a summary; Ctrl-C stops cleanly."""
+    from regtool import batch, executors, io
+
+    if params is not None:
+        raise Failure("--params names the parameter file of one pair; in a batch each "
+                      "source's goes beside its aligned image in the output folder (-o DIR)")
+    if as_json:
+        raise Failure("--json prints the document of one pair; a batch writes results.csv "
+                      "in its output folder (-o DIR)")
+    folder = output if output is not None else DEFAULT_BATCH_FOLDER
+    if os.path.splitext(folder)[1].lower() in io.WRITE_EXTENSIONS and not os.path.isdir(folder):
+        raise Failure(f"{folder}: with several sources -o names the output folder, not an "
+                      "image file")
+    try:
+        plan = batch.plan_batch(target, sources, folder, options, target_mask, source_mask)
+        batch.check_inputs(plan)
+    except (batch.BatchError, io.ImageError) as exc:
+        raise Failure(str(exc)) from None
+    results = plan.results_path  # as given, for the messages
+    if scheduler is not None:
+        plan = plan.absolute()  # a Dask worker runs in a folder of its own
+        where = f"on the Dask cluster at {scheduler}"
+    else:
+        jobs = jobs if jobs is not None else executors.default_jobs()
+        where = f"{jobs} worker process{'es' if jobs > 1 else ''}"
+
+    tally = batch.Tally(total=len(plan.sources))
+    aborted = None
+    started = time.monotonic()
+    with _Interruptions() as interrupted:
+        try:
+            with executors.open_executor(jobs, scheduler) as executor:
+                if interrupted():  # while connecting: nothing written yet
+                    click.echo("regtool: interrupted", err=True)
+                    return EXIT_INTERRUPTED
+                try:
+                    batch.prepare_folder(plan)
+                except io.ImageError as exc:
+                    raise Failure(str(exc)) from None
+                bar = _FileBar(not quiet and stderr_is_terminal(), tally.total)
+                try:
+                    for completed in batch.run_batch(plan, executor,
+                                                     skip_existing=skip_existing,
+                                                     stop=interrupted):
+                        tally.add(completed)
+                        if completed.status == batch.FAILED:
+                            bar.error(completed.row["reason"])
+                        bar.update(tally)
+                except (batch.BatchAborted, io.ImageError) as exc:  # a broken pool, a full disk
+                    aborted = str(exc)
+                finally:
+                    bar.close()
+        except executors.SchedulerError as exc:
+            raise Failure(str(exc)) from None
+
+    if not quiet:
+        click.echo(_batch_summary(tally, results, where, time.monotonic() - started))
+    if interrupted():
+        click.echo(f"regtool: interrupted: {tally.finished} of {tally.total} sources finished "
+                   f"and listed in {results}; rerun with --skip-existing to do the "
+                   "rest", err=True)
+        return EXIT_INTERRUPTED
+    if aborted is not None:
+        say_error(aborted)
+        return EXIT_NOT_CONVERGED
+    return EXIT_OK if tally.all_converged else EXIT_NOT_CONVERGED
