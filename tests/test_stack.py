@@ -545,3 +545,27 @@ def test_sigterm_during_a_stack_exits_130_and_leaves_nothing(tmp_path):
     assert proc.returncode == 130, err
     assert "regtool: interrupted" in err
     assert os.listdir(tmp_path) == ["long.tif"]
+
+
+def test_stack_on_a_dask_cluster_equals_the_local_run(tmp_path, monkeypatch):
+    import distributed
+
+    monkeypatch.chdir(tmp_path)
+    tifffile.imwrite("movie.tif", make_frames(n=6), imagej=True, metadata={"axes": "TYX"})
+    assert run("stack", "movie.tif", "--reference", "previous", "-j", "1", "-q",
+               "-o", "local.tif").exit_code == 0
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                                  dashboard_address="127.0.0.1:0") as cluster:
+        result = run("stack", "movie.tif", "--reference", "previous", "-q", "-o", "dask.tif",
+                     "--scheduler", cluster.scheduler_address)
+    assert result.exit_code == 0, result.output
+    local = json.loads(Path("local_transforms.json").read_text())["rows"]
+    remote = json.loads(Path("dask_transforms.json").read_text())["rows"]
+    # the same pairs registered elsewhere: the same matrices (float noise of another process's
+    # BLAS threads at most)
+    for a, b in zip(local, remote, strict=True):
+        np.testing.assert_allclose(a["matrix"], b["matrix"], atol=1e-9)
+    np.testing.assert_array_equal(tifffile.imread("dask.tif"), tifffile.imread("local.tif"))
+    result = run("stack", "movie.tif", "-q", "-o", "x.tif", "--scheduler", "tcp://127.0.0.1:9")
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert not os.path.exists("x.tif")
