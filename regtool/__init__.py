@@ -4,6 +4,7 @@
 >>> result = regtool.align(target, source)          # doctest: +SKIP
 >>> result.tx, result.ty, result.theta_deg          # doctest: +SKIP
 >>> aligned = result.warp(source)                    # doctest: +SKIP
+>>> regtool.register_stack("movie.tif", reference="previous")  # doctest: +SKIP
 
 ``result.matrix`` maps target pixel (x, y) to source pixel (x, y); see the README.
 """
@@ -15,14 +16,19 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from .batch import plan_batch, run_batch
     from .errors import InputError, RegtoolError
+    from .params import read_params
+    from .pipeline import AlignOptions
     from .register import align
     from .resample import warp
     from .result import LevelRecord, Result
+    from .stack import apply_table, register_stack
     from .uncertainty import Uncertainty
 
 __all__ = ["align", "warp", "Result", "LevelRecord", "Uncertainty", "InputError", "RegtoolError",
-           "__version__"]
+           "AlignOptions", "read_params", "register_stack", "apply_table", "plan_batch",
+           "run_batch", "__version__"]
 
 # The public names load on first use, so `regtool --version` and `--help` never pay for
 # numpy and scipy.
@@ -30,6 +36,9 @@ _WHERE = {
     "align": "register", "Result": "result", "LevelRecord": "result", "warp": "resample",
     "Uncertainty": "uncertainty",
     "InputError": "errors", "RegtoolError": "errors",
+    # many images: batches, stacks, saved transforms
+    "AlignOptions": "pipeline", "read_params": "params", "register_stack": "stack",
+    "apply_table": "stack", "plan_batch": "batch", "run_batch": "batch",
 }
 
 

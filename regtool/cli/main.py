@@ -3,14 +3,17 @@
 Every command parses options, reads, calls the library, writes and prints; none computes. Exit
 statuses:
 
-* 0 -- registered and converged; the aligned image and the JSON parameters are written.
-* 1 -- the registration ran but did not converge or found no match (unrelated images, too
+* 0 -- registered and converged (every source of a batch, every frame of a stack); the outputs
+  are written.
+* 1 -- a registration ran but did not converge or found no match (unrelated images, too
   little overlap; the outputs are still written, with ``"converged": false`` and the
-  ``"reason"``), or regtool stopped on an unexpected internal error (one line on stderr,
-  nothing written).
-* 2 -- bad usage or bad input, or an output that cannot be written: one line
-  ``regtool: error: <file>: <problem>`` on stderr, nothing written.
-* 130 -- interrupted (Ctrl-C); nothing written.
+  ``"reason"``), a source of a batch failed (the others went on), a warped transform was
+  recorded as not converged, or regtool stopped on an unexpected internal error (one line on
+  stderr, nothing written).
+* 2 -- bad usage or bad input, or an output that cannot be written, found before any work:
+  one line ``regtool: error: <file>: <problem>`` on stderr, nothing written.
+* 130 -- interrupted (Ctrl-C or SIGTERM): no new work starts; a single pair or a stack writes
+  nothing, a batch keeps the sources it finished (``results.csv`` says which).
 
 Set ``REGTOOL_DEBUG=1`` to get a traceback instead of the one-line internal error.
 """
@@ -41,10 +44,16 @@ Examples:
   regtool align a.png b.png --init 12.5,-3,7 --optimizer scaled
   regtool align a.tif b.tif --target-mask a_bar.png --source-mask b_bar.png
       leaves out what the masks paint black (e.g. a scale bar)
+  regtool align fixed.png frames/ -o aligned/ -j 4
+      a batch: every image of frames/, results.csv in aligned/
+  regtool stack movie.tif --reference previous
+      a time-lapse's drift: movie_aligned.tif and its transforms table
+  regtool warp red.png --params moving_aligned.json -o red_aligned.png
+      the same transform applied to another channel
 
-Run 'regtool align --help' for every option. Exit status: 0 converged, 1 did not
-converge or the images do not match (outputs written anyway) or internal error,
-2 bad usage or input, 130 interrupted.
+Run 'regtool COMMAND --help' for every option. Exit status: 0 converged, 1 did
+not converge or the images do not match (outputs written anyway), a batch's
+source failed, or internal error; 2 bad usage or input; 130 interrupted.
 """
 
 
@@ -110,7 +119,8 @@ def cli() -> None:
     """Rigid image registration: rotation + translation, coarse-to-fine, sub-pixel.
 
     Aligns a SOURCE image to a TARGET image and writes the aligned image (the source resampled
-    on the target's grid) and the transform as JSON.
+    on the target's grid) and the transform as JSON; many sources at once (a batch), the
+    frames of a stack, or a saved transform applied to other images.
     """
 
 
