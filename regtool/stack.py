@@ -114,7 +114,11 @@ BIGTIFF_BYTES = 2**32 - 2**25
 #: the columns of the CSV transforms table, in order
 TABLE_COLUMNS = ("index", "file", "status", "converged", "reason", "registered_to", "held_from",
                  "m00", "m01", "m02", "m10", "m11", "m12", "tx", "ty", "theta_deg",
-                 "shift_x", "shift_y", "ncc", "uncertainty", "width", "height")
+                 "shift_x", "shift_y", "ncc", "sigma_shift_x", "sigma_shift_y",
+                 "sigma_theta_deg", "endpoint_px", "width", "height")
+#: the error-bar fields of a row (1-sigma standard errors of shift and theta, the expected mean
+#: endpoint error in pixels), as in a batch's results.csv
+SIGMA_KEYS = ("sigma_shift_x", "sigma_shift_y", "sigma_theta_deg", "endpoint_px")
 CONVENTION = ("matrix maps reference pixel (x, y) to this frame's pixel: "
               "aligned[y, x] = frame(matrix @ [x, y, 1]); pixel (x, y) is image[y, x], (0, 0) "
               "the center of the top-left pixel; matrix = [[cos t, -sin t, tx], "
@@ -573,8 +577,9 @@ def register_task(source: FrameRef, target: FrameRef, sample: int | None,
     -------
     dict
         Small and picklable: ``ok`` (registered), ``converged``, ``reason``, ``matrix`` (2x3 as
-        lists: the pair's target->source matrix), ``ncc``, ``uncertainty`` (the expected mean
-        endpoint error in pixels, or None), ``time_s``; ``which`` (``"source"`` or
+        lists: the pair's target->source matrix), ``ncc``, ``uncertainty`` (the values of
+        :data:`SIGMA_KEYS`: 1-sigma errors of shift x, y and theta in degrees and the expected
+        mean endpoint error in pixels; or None), ``time_s``; ``which`` (``"source"`` or
         ``"target"``) when ``ok`` is false; ``fatal`` = ``[path, problem]`` when a file could
         not be read (an :class:`regtool.io.ImageError`, returned rather than raised: its
         two-argument constructor does not survive pickling).
@@ -591,7 +596,15 @@ def register_task(source: FrameRef, target: FrameRef, sample: int | None,
     doc = result.to_dict()
     return {"ok": True, "converged": bool(result.converged), "reason": result.reason,
             "matrix": doc["matrix"], "ncc": doc["ncc"],
-            "uncertainty": doc["uncertainty"]["endpoint_px"], "time_s": doc["time_s"]}
+            "uncertainty": _sigmas(doc["uncertainty"]), "time_s": doc["time_s"]}
+
+
+def _sigmas(bars: dict[str, Any]) -> tuple[float, ...] | None:
+    """:data:`SIGMA_KEYS` of a result's ``uncertainty``, or None when it has no error bars."""
+    shift, theta, endpoint = bars.get("shift"), bars.get("theta_deg"), bars.get("endpoint_px")
+    if shift is None or theta is None or endpoint is None:
+        return None
+    return (float(shift[0]), float(shift[1]), float(theta), float(endpoint))
 
 
 def warp_task(page: FrameRef, matrix: list[list[float]], interp: str, fill: float,
@@ -665,7 +678,7 @@ def compose_previous(links: Sequence[np.ndarray | None]) -> list[np.ndarray]:
 def _row(index: int, matrix: np.ndarray, shape: tuple[int, int], *, status: str,
          converged: bool, reason: str | None = None, registered_to: int | str | None = None,
          held_from: int | None = None, ncc: float | None = None,
-         uncertainty: float | None = None, link: Any = None, time_s: float = 0.0,
+         uncertainty: tuple[float, ...] | None = None, link: Any = None, time_s: float = 0.0,
          file: str | None = None) -> dict[str, Any]:
     tx, ty, theta = rigid_params(matrix)
     sx, sy, _ = center_params(matrix, image_center(shape))
@@ -674,7 +687,9 @@ def _row(index: int, matrix: np.ndarray, shape: tuple[int, int], *, status: str,
         "reason": reason, "registered_to": registered_to, "held_from": held_from,
         "matrix": [[float(v) for v in r] for r in np.asarray(matrix)[:2]],
         "tx": tx, "ty": ty, "theta_deg": math.degrees(theta), "shift": [sx, sy],
-        "ncc": ncc, "uncertainty": uncertainty,
+        "ncc": ncc,
+        **dict(zip(SIGMA_KEYS, uncertainty if uncertainty is not None else (None,) * 4,
+                   strict=True)),
         "link_matrix": None if link is None else [[float(v) for v in r] for r in link[:2]],
         "time_s": round(float(time_s), 6),
     }
@@ -695,9 +710,10 @@ class _Registrations:
         self.ref_index = plan.reference_index
         self.rows: list[dict[str, Any]] = []
         self.results: dict[int, dict[str, Any]] = {}
-        self.good: tuple[int, np.ndarray, float | None] | None = None  # index, M, uncertainty
+        # index, M, its error bars (SIGMA_KEYS)
+        self.good: tuple[int, np.ndarray, tuple[float, ...] | None] | None = None
         if self.ref_index is not None:
-            self.good = (self.ref_index, _IDENTITY.copy(), 0.0)
+            self.good = (self.ref_index, _IDENTITY.copy(), (0.0,) * 4)
         tasks = ((k, (plan.frame_ref(k), self._target(k), plan.sample, plan.options))
                  for k in range(stack.n_frames) if k != self.ref_index)
         self.stream = bounded(executor, register_task, tasks, window, stop)
@@ -729,7 +745,7 @@ class _Registrations:
         file = os.path.basename(stack.files[k]) if stack.files is not None else None
         if k == self.ref_index:
             return _row(k, _IDENTITY, shape, status="reference", converged=True, ncc=1.0,
-                        uncertainty=0.0, file=file)
+                        uncertainty=(0.0,) * 4, file=file)
         result = self._result(k)
         to: int | str | None = "mean" if self.mean_ref is not None else self.ref_index
         if self.plan.reference == "previous":
@@ -750,9 +766,11 @@ class _Registrations:
             if self.plan.reference == "previous":
                 assert self.good is not None
                 matrix = link @ self.good[1]
-                # independent links: their errors add in quadrature
+                # independent links: their errors add in quadrature (the shifts about the
+                # center add, to first order in the small angles between frames)
                 prior = self.good[2]
-                unc = None if unc is None or prior is None else math.hypot(prior, unc)
+                unc = None if unc is None or prior is None else tuple(
+                    math.hypot(a, b) for a, b in zip(prior, unc, strict=True))
             else:
                 matrix = link
             self.good = (k, matrix, unc)

@@ -569,3 +569,27 @@ def test_stack_on_a_dask_cluster_equals_the_local_run(tmp_path, monkeypatch):
     result = run("stack", "movie.tif", "-q", "-o", "x.tif", "--scheduler", "tcp://127.0.0.1:9")
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert not os.path.exists("x.tif")
+
+
+def test_table_carries_error_bars_that_cover_the_errors(tmp_path, pool):
+    """Frames large enough for error bars: every registered row has them, in the CSV too, and
+    the observed errors are of their size (the calibration itself is measured in make bench)."""
+    size = 128
+    frames = make_frames(n=5, size=size, seed=4)
+    frames = np.clip(frames.astype(float) + np.random.default_rng(1).normal(0, 600, frames.shape),
+                     0, 65535).astype(np.uint16)
+    path = tmp_path / "noisy.tif"
+    tifffile.imwrite(path, frames, photometric="minisblack")
+    out = stacks.register_stack(path, str(tmp_path / "o.tif"), executor=pool, window=4)
+    rows = out.rows
+    assert [r["status"] for r in rows] == ["reference"] + ["ok"] * 4
+    assert rows[0]["endpoint_px"] == 0.0
+    for k, r in enumerate(rows[1:], start=1):
+        assert all(r[key] is not None and r[key] > 0 for key in stacks.SIGMA_KEYS), r
+        err = endpoint_error(np.linalg.inv(motion(k, size)) @ motion(0, size),
+                             np.vstack([r["matrix"], [0, 0, 1]]), (size, size))
+        # seen: errors 0.5-1.2 times endpoint_px on these frames
+        assert err < 4 * r["endpoint_px"], (k, err, r["endpoint_px"])
+    with open(out.table_csv, newline="") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert float(csv_rows[2]["sigma_theta_deg"]) == pytest.approx(rows[2]["sigma_theta_deg"])
