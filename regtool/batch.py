@@ -43,9 +43,9 @@ from .pipeline import AlignOptions
 
 __all__ = [
     "BatchError", "BatchAborted", "Batch", "Completed", "Tally", "ResultsTable", "COLUMNS",
-    "IMAGE_EXTENSIONS", "RESULTS_NAME", "is_batch", "expand_sources", "plan_batch", "check_inputs",
-    "prepare_folder", "align_source", "finished_row", "row_from_document", "read_results",
-    "run_batch",
+    "IMAGE_EXTENSIONS", "RESULTS_NAME", "QA_SUFFIX", "is_batch", "expand_sources", "plan_batch",
+    "check_inputs", "prepare_folder", "align_source", "finished_row", "row_from_document",
+    "read_results", "run_batch",
 ]
 
 #: extensions (lower case) of the files a folder given as a source contributes
@@ -53,6 +53,8 @@ IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif", ".
                     ".pgm", ".pbm", ".pnm")
 #: the results table, in the output folder
 RESULTS_NAME = "results.csv"
+#: what follows a source's stem in the name of its QA picture, in the QA folder
+QA_SUFFIX = "_qa.png"
 #: its columns, in order; the four ``sigma_``/``endpoint`` ones hold the error bars (empty
 #: when there are none)
 COLUMNS = ("source", "output", "status", "converged", "reason", "tx", "ty", "theta_deg",
@@ -184,6 +186,11 @@ class Batch:
     options : AlignOptions
     target_mask, source_mask : str or None
         The target's mask, and one mask for every source (of the sources' size).
+    qa_folder : str or None
+        Where each source's QA picture goes, ``<qa_folder>/<stem>_qa.png``
+        (:func:`regtool.qa.pair_panel`); None: no pictures.
+    max_pixels : int
+        The largest image (and mask) read, in pixels (:func:`regtool.io.read_image`).
     """
 
     target: str
@@ -192,6 +199,8 @@ class Batch:
     options: AlignOptions = field(default_factory=AlignOptions)
     target_mask: str | None = None
     source_mask: str | None = None
+    qa_folder: str | None = None
+    max_pixels: int = io.DEFAULT_MAX_PIXELS
 
     @property
     def results_path(self) -> str:
@@ -206,6 +215,12 @@ class Batch:
         """
         return os.path.join(self.folder, f"{Path(source).stem}_aligned.json")
 
+    def qa_path(self, source: str) -> str | None:
+        """The QA picture of ``source``, ``<qa_folder>/<stem>_qa.png``; None without pictures."""
+        if self.qa_folder is None:
+            return None
+        return os.path.join(self.qa_folder, f"{Path(source).stem}{QA_SUFFIX}")
+
     def absolute(self) -> Batch:
         """The same batch with absolute paths, for workers whose current folder is not ours.
 
@@ -217,19 +232,24 @@ class Batch:
 
         return replace(self, target=full(self.target), folder=full(self.folder),
                        sources=tuple(os.path.abspath(s) for s in self.sources),
-                       target_mask=full(self.target_mask), source_mask=full(self.source_mask))
+                       target_mask=full(self.target_mask), source_mask=full(self.source_mask),
+                       qa_folder=full(self.qa_folder))
 
 
-def _output_candidates(source: str, folder: str) -> list[str]:
+def _output_candidates(source: str, folder: str, qa_folder: str | None = None) -> list[str]:
     """Every name the outputs of ``source`` may get (the extension depends on its pixels)."""
     stem, ext = Path(source).stem, Path(source).suffix
     names = [f"{stem}_aligned{e}" for e in dict.fromkeys((ext, ".png", ".tif")) if e]
-    return [os.path.join(folder, name) for name in [*names, f"{stem}_aligned.json"]]
+    paths = [os.path.join(folder, name) for name in [*names, f"{stem}_aligned.json"]]
+    if qa_folder is not None:
+        paths.append(os.path.join(qa_folder, f"{stem}{QA_SUFFIX}"))
+    return paths
 
 
 def plan_batch(target: str, specs: Iterable[str], folder: str,
                options: AlignOptions | None = None, target_mask: str | None = None,
-               source_mask: str | None = None) -> Batch:
+               source_mask: str | None = None, *, qa_folder: str | None = None,
+               max_pixels: int = io.DEFAULT_MAX_PIXELS) -> Batch:
     """Expand the sources and check that no output overwrites another, or an input.
 
     Reads no image: this is about names only.
@@ -243,6 +263,10 @@ def plan_batch(target: str, specs: Iterable[str], folder: str,
         The output folder (it need not exist yet).
     options : AlignOptions, optional
     target_mask, source_mask : str, optional
+    qa_folder : str, optional
+        Draw a QA picture of each source there (it need not exist yet).
+    max_pixels : int
+        The largest image read (see :class:`Batch`).
 
     Returns
     -------
@@ -272,7 +296,7 @@ def plan_batch(target: str, specs: Iterable[str], folder: str,
         raise BatchError(f"{inputs[results]}: the results table would overwrite an input; "
                          "choose another output folder (-o)")
     for source in sources:
-        for candidate in _output_candidates(source, folder):
+        for candidate in _output_candidates(source, folder, qa_folder):
             hit = inputs.get(os.path.realpath(candidate))
             if hit is not None:
                 raise BatchError(
@@ -280,7 +304,8 @@ def plan_batch(target: str, specs: Iterable[str], folder: str,
                     "output folder (-o), or leave the outputs of an earlier batch out of the "
                     "sources")
     return Batch(os.fspath(target), tuple(sources), os.fspath(folder),
-                 options if options is not None else AlignOptions(), target_mask, source_mask)
+                 options if options is not None else AlignOptions(), target_mask, source_mask,
+                 None if qa_folder is None else os.fspath(qa_folder), max_pixels)
 
 
 def _as_file_error(exc: InputError, loaded: pipeline.Loaded) -> io.ImageError:
@@ -304,32 +329,43 @@ def check_inputs(batch: Batch) -> None:
     """
     from .prepare import luminance
 
-    loaded = pipeline.read_input(batch.target, batch.target_mask, "target")
+    loaded = pipeline.read_input(batch.target, batch.target_mask, "target",
+                                 max_pixels=batch.max_pixels)
     try:
         luminance(loaded.image, "target", loaded.mask)
     except InputError as exc:
         raise _as_file_error(exc, loaded) from None
     if batch.source_mask is not None:
-        io.read_mask(batch.source_mask)  # its size is checked against each source
+        # its size is checked against each source
+        io.read_mask(batch.source_mask, max_pixels=batch.max_pixels)
+
+
+def _make_folder(folder: str, what: str) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except FileExistsError:
+        raise io.ImageError(folder, f"is a file; the {what} of a batch must be a "
+                            "folder") from None
+    except OSError as exc:
+        raise io.ImageError(folder, f"cannot create the {what} "
+                            f"({exc.strerror or exc})") from None
 
 
 def prepare_folder(batch: Batch) -> None:
-    """Create the output folder (and its parents) and check that it can be written.
+    """Create the output folder (and its parents), and the QA folder, and check that they can
+    be written.
 
     Raises
     ------
     regtool.io.ImageError
-        The folder cannot be created, or written in.
+        A folder cannot be created, or written in.
     """
-    try:
-        os.makedirs(batch.folder, exist_ok=True)
-    except FileExistsError:
-        raise io.ImageError(batch.folder, "is a file; the output folder of a batch must be a "
-                            "folder") from None
-    except OSError as exc:
-        raise io.ImageError(batch.folder, f"cannot create the output folder "
-                            f"({exc.strerror or exc})") from None
+    _make_folder(batch.folder, "output folder")
     io.check_output_path(batch.results_path)
+    if batch.qa_folder is not None:
+        _make_folder(batch.qa_folder, "QA folder")
+        for source in batch.sources[:1]:  # one probe tells whether the folder takes files
+            io.check_output_path(os.fspath(batch.qa_path(source)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,13 +404,13 @@ def _cached(kind: str, paths: tuple[str | None, ...], extra: tuple, load: Callab
     return value
 
 
-def _read_source(source: str, source_mask: str | None) -> pipeline.Loaded:
-    image = io.read_image(source)
+def _read_source(source: str, source_mask: str | None, max_pixels: int) -> pipeline.Loaded:
+    image = io.read_image(source, max_pixels=max_pixels)
     mask = None
     if source_mask is not None:
-        mask = _cached("source_mask", (source_mask,), (image.shape[:2],),
+        mask = _cached("source_mask", (source_mask,), (image.shape[:2], max_pixels),
                        lambda: io.read_mask(source_mask, image.shape[:2],
-                                            f"the source {source}"))
+                                            f"the source {source}", max_pixels=max_pixels))
     return pipeline.Loaded(os.fspath(source), image, source_mask, mask)
 
 
@@ -428,7 +464,8 @@ def _failed_row(source: str, reason: str) -> dict[str, Any]:
 
 
 def align_source(target: str, target_mask: str | None, source: str, source_mask: str | None,
-                 folder: str, options: AlignOptions) -> dict[str, Any]:
+                 folder: str, options: AlignOptions, qa_folder: str | None = None,
+                 max_pixels: int = io.DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """Align one source of a batch and write its outputs: the task a worker runs.
 
     Takes paths only and returns a small row (never the arrays), so it pickles cheaply to a
@@ -442,6 +479,11 @@ def align_source(target: str, target_mask: str | None, source: str, source_mask:
     folder : str
         The output folder; it exists.
     options : AlignOptions
+    qa_folder : str, optional
+        Also draw the source's QA picture there, ``<qa_folder>/<stem>_qa.png``, from the
+        arrays the task has in memory (it exists).
+    max_pixels : int
+        The largest image (and mask) read.
 
     Returns
     -------
@@ -453,13 +495,16 @@ def align_source(target: str, target_mask: str | None, source: str, source_mask:
     """
     try:
         loaded_target = _cached(
-            "target", (target, target_mask), (),
-            lambda: pipeline.read_input(target, target_mask, "target"))
-        loaded_source = _read_source(source, source_mask)
+            "target", (target, target_mask), (max_pixels,),
+            lambda: pipeline.read_input(target, target_mask, "target", max_pixels=max_pixels))
+        loaded_source = _read_source(source, source_mask, max_pixels)
+        qa = (None if qa_folder is None
+              else os.path.join(qa_folder, f"{Path(source).stem}{QA_SUFFIX}"))
         out_image, out_params = pipeline.plan_outputs(
             loaded_source, None, None, loaded_target.paths() + loaded_source.paths(),
-            folder=folder, fill=options.fill)
-        outcome = pipeline.run_pair(loaded_target, loaded_source, out_image, out_params, options)
+            folder=folder, fill=options.fill, qa=qa)
+        outcome = pipeline.run_pair(loaded_target, loaded_source, out_image, out_params, options,
+                                    qa=qa)
     except io.ImageError as exc:
         return _failed_row(source, str(exc))
     except InputError as exc:
@@ -591,9 +636,11 @@ def finished_row(batch: Batch, source: str) -> dict[str, Any] | None:
     """The row of a source whose outputs are on disk already, complete; else None.
 
     Complete: its parameter file parses, names this source and this target, and the aligned
-    image it names exists. Both are written atomically and as a pair, so these two files are
-    whole or absent; a JSON without its image (a crash between the two renames) is not
-    complete. The row is rebuilt from the JSON, so it is the row the earlier run wrote.
+    image it names exists; when the batch draws QA pictures, the parameter file also names
+    this source's picture (``"qa"``) and it exists. The outputs are written atomically and as
+    a set, the parameter file last, so they are whole or absent; a JSON without its image (a
+    crash between the renames) is not complete, nor is one written by a run without pictures.
+    The row is rebuilt from the JSON, so it is the row the earlier run wrote.
 
     Parameters
     ----------
@@ -611,6 +658,9 @@ def finished_row(batch: Batch, source: str) -> dict[str, Any] | None:
     if not (_same_file(document.get("source"), source)
             and _same_file(document.get("target"), batch.target)
             and isinstance(output, str) and os.path.isfile(output)):
+        return None
+    qa = batch.qa_path(source)
+    if qa is not None and not (_same_file(document.get("qa"), qa) and os.path.isfile(qa)):
         return None
     return row_from_document(document)
 
@@ -731,7 +781,8 @@ def run_batch(batch: Batch, executor: Any, *, skip_existing: bool = False,
             table.flush()
             todo = remaining
         tasks = ((source, (batch.target, batch.target_mask, source, batch.source_mask,
-                           batch.folder, batch.options)) for source in todo)
+                           batch.folder, batch.options, batch.qa_folder, batch.max_pixels))
+                 for source in todo)
         broken: list[BaseException] = []  # a list, so the stop below sees it change
         for source, future in executors.bounded(executor, align_source, tasks, window,
                                                 stop=lambda: bool(broken) or stop()):

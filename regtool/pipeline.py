@@ -20,7 +20,8 @@ from . import io
 from .errors import InputError
 from .register import DEFAULT_METRIC, DEFAULT_OPTIMIZER
 
-__all__ = ["AlignOptions", "Loaded", "PairOutcome", "read_input", "plan_outputs", "run_pair"]
+__all__ = ["AlignOptions", "Loaded", "PairOutcome", "Comparison", "read_input", "plan_outputs",
+           "run_pair", "compare_transforms"]
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,11 @@ class PairOutcome:
     converged: bool
     reason: str | None
     result: Any = field(default=None, repr=False)  # the regtool.Result
+    out_qa: str | None = None  # the QA picture, when one was asked for
 
 
-def read_input(path: str, mask_path: str | None, which: str) -> Loaded:
+def read_input(path: str, mask_path: str | None, which: str, *,
+               max_pixels: int = io.DEFAULT_MAX_PIXELS) -> Loaded:
     """Read an image and its optional mask.
 
     Parameters
@@ -88,22 +91,27 @@ def read_input(path: str, mask_path: str | None, which: str) -> Loaded:
         An image of the same size: nonzero = use the pixel (see :func:`regtool.io.read_mask`).
     which : {"target", "source"}
         Which input this is, for the messages.
+    max_pixels : int
+        Refuse an image (or mask) declaring more pixels than this, before decoding it
+        (``--max-pixels``; see :func:`regtool.io.read_image`).
 
     Raises
     ------
     regtool.io.ImageError
-        The image or the mask cannot be read, or the mask's size differs.
+        The image or the mask cannot be read, is larger than ``max_pixels``, or the mask's
+        size differs.
     """
-    image = io.read_image(path)
+    image = io.read_image(path, max_pixels=max_pixels)
     mask = None
     if mask_path is not None:
-        mask = io.read_mask(mask_path, image.shape[:2], f"the {which} {path}")
+        mask = io.read_mask(mask_path, image.shape[:2], f"the {which} {path}",
+                            max_pixels=max_pixels)
     return Loaded(os.fspath(path), image, mask_path, mask)
 
 
 def plan_outputs(source: Loaded, output: str | None, params: str | None,
                  inputs: Iterable[str], folder: str = ".",
-                 fill: float = 0.0) -> tuple[str, str]:
+                 fill: float = 0.0, qa: str | None = None) -> tuple[str, str]:
     """Choose and check the outputs of one pair before any work is done.
 
     Parameters
@@ -119,6 +127,9 @@ def plan_outputs(source: Loaded, output: str | None, params: str | None,
         Where default outputs go.
     fill : float
         The value of aligned pixels outside the source: it must fit the source's dtype.
+    qa : str, optional
+        The QA picture (:func:`regtool.qa.pair_panel`, an RGB image: ``.png``, ``.tif`` or
+        ``.jpg``), checked like the other two.
 
     Returns
     -------
@@ -127,7 +138,7 @@ def plan_outputs(source: Loaded, output: str | None, params: str | None,
     Raises
     ------
     regtool.io.ImageError
-        An output cannot be written there, would overwrite an input or the other output, or
+        An output cannot be written there, would overwrite an input or another output, or
         the fill value cannot be stored in the source's type.
     """
     image = source.image
@@ -143,6 +154,12 @@ def plan_outputs(source: Loaded, output: str | None, params: str | None,
     if os.path.realpath(out_image) == os.path.realpath(out_params):
         raise io.ImageError(out_params, "the parameter file would overwrite the aligned image; "
                             "give the parameters another name")
+    if qa is not None:
+        io.check_output_path(qa, inputs, dtype=np.dtype(np.uint8), channels=3)
+        for other, what in ((out_image, "the aligned image"), (out_params, "the parameter file")):
+            if os.path.realpath(qa) == os.path.realpath(other):
+                raise io.ImageError(qa, f"the QA picture would overwrite {what}; give it "
+                                    "another name")
     return out_image, out_params
 
 
@@ -159,12 +176,13 @@ def _input_error(exc: InputError, target: Loaded, source: Loaded) -> Exception:
 
 def run_pair(target: Loaded, source: Loaded, out_image: str, out_params: str,
              options: AlignOptions,
-             progress: Callable[[Any, int, int], None] | None = None) -> PairOutcome:
+             progress: Callable[[Any, int, int], None] | None = None,
+             qa: str | None = None) -> PairOutcome:
     """Align ``source`` to ``target``, then write the aligned image and its parameters.
 
-    Both outputs are written atomically and as a unit (:class:`regtool.io.OutputSet`): a
-    failure or an interruption leaves neither. A registration that runs but does not converge
-    still writes them, with ``"converged": false`` and the reason.
+    The outputs are written atomically and as a unit (:class:`regtool.io.OutputSet`): a
+    failure or an interruption leaves none of them. A registration that runs but does not
+    converge still writes them, with ``"converged": false`` and the reason.
 
     Parameters
     ----------
@@ -175,6 +193,10 @@ def run_pair(target: Loaded, source: Loaded, out_image: str, out_params: str,
     options : AlignOptions
     progress : callable, optional
         Passed on to :func:`regtool.align`.
+    qa : str, optional
+        Also draw the QA picture (:func:`regtool.qa.pair_panel`) from the arrays at hand and
+        write it there, checked by :func:`plan_outputs`. It is written before the parameter
+        file, which names it (``"qa"``): a parameter file on disk vouches for its picture.
 
     Returns
     -------
@@ -196,10 +218,84 @@ def run_pair(target: Loaded, source: Loaded, out_image: str, out_params: str,
     except InputError as exc:
         raise _input_error(exc, target, source) from None
     aligned = result.warp(source.image, interp=options.interp, fill=options.fill)
+    panel = None
+    if qa is not None:
+        from .qa import pair_panel  # Pillow drawing: loaded only when a picture is asked for
+
+        panel = pair_panel(target.image, source.image, result, target_mask=target.mask,
+                           source_mask=source.mask)
     doc: dict[str, Any] = {"target": target.path, "source": source.path, "output": out_image,
-                           "target_mask": target.mask_path, "source_mask": source.mask_path}
+                           "qa": qa, "target_mask": target.mask_path,
+                           "source_mask": source.mask_path}
     doc.update(result.to_dict())
     with io.OutputSet() as outputs:
         outputs.write_image(out_image, aligned)
+        if panel is not None:
+            outputs.write_image(qa, panel)
         outputs.write_json(out_params, doc)
-    return PairOutcome(doc, out_image, out_params, bool(result.converged), result.reason, result)
+    return PairOutcome(doc, out_image, out_params, bool(result.converged), result.reason, result,
+                       qa)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A transform found against an expected one (``regtool align --expect``).
+
+    Attributes
+    ----------
+    distance : float
+        Their mean endpoint distance over the target's pixels, in pixels
+        (:func:`regtool.transform.mean_endpoint_distance`).
+    tolerance : float
+        The largest distance accepted, in pixels.
+    found, expected : dict
+        ``tx``, ``ty``, ``theta_deg`` (public convention) and ``shift`` ``[x, y]`` about the
+        target's center, of each transform: what a report shows side by side.
+    shape : (int, int)
+        The target's ``(rows, cols)``, the grid the distance is taken over.
+    """
+
+    distance: float
+    tolerance: float
+    found: dict[str, Any]
+    expected: dict[str, Any]
+    shape: tuple[int, int]
+
+    @property
+    def within(self) -> bool:
+        """The distance is at most the tolerance."""
+        return self.distance <= self.tolerance
+
+
+def _describe(matrix: np.ndarray, shape: tuple[int, int]) -> dict[str, Any]:
+    from .transform import center_params, image_center, rigid_params
+
+    tx, ty, theta = rigid_params(matrix)
+    sx, sy, _ = center_params(matrix, image_center(shape))
+    return {"tx": tx, "ty": ty, "theta_deg": math.degrees(theta), "shift": [sx, sy]}
+
+
+def compare_transforms(found: np.ndarray, expected: np.ndarray, shape: tuple[int, ...],
+                       tolerance: float) -> Comparison:
+    """Compare a transform found with an expected one by how far apart they move the pixels.
+
+    Parameters
+    ----------
+    found, expected : array_like
+        2x3 or 3x3 target->source matrices (``Result.matrix``; a
+        :class:`regtool.params.SavedTransform`'s ``matrix``).
+    shape : tuple of int
+        The target's ``(rows, cols, ...)``: the distance is the mean over its pixels.
+    tolerance : float
+        Pixels.
+
+    Returns
+    -------
+    Comparison
+    """
+    from .transform import mean_endpoint_distance
+
+    grid = (int(shape[0]), int(shape[1]))
+    return Comparison(mean_endpoint_distance(found, expected, grid), float(tolerance),
+                      _describe(np.asarray(found, dtype=float), grid),
+                      _describe(np.asarray(expected, dtype=float), grid), grid)

@@ -148,12 +148,14 @@ class FrameRef(NamedTuple):
 
     ``kind`` is ``"stack"`` (page ``index`` of a TIFF stack's frame; channel chosen by the
     task), ``"image"`` (a single-image file) or ``"array"`` (a ``.npy`` file: the mean frame,
-    ready to register).
+    ready to register). ``max_pixels`` is the largest single-image file the worker reads
+    (``--max-pixels``; :func:`regtool.io.read_image`).
     """
 
     path: str
     index: int | None
     kind: str
+    max_pixels: int = io.DEFAULT_MAX_PIXELS
 
 
 def _natural_key(text: str) -> tuple[Any, ...]:
@@ -200,11 +202,14 @@ class Stack:
         ``"YX"``, ``"YXS"`` or ``"SYX"``.
     files : list of str or None
         The frames' files (folders and globs).
+    max_pixels : int
+        The largest frame read, in pixels (``--max-pixels``).
     """
 
     kind = "tiff"
 
     def __init__(self) -> None:
+        self.max_pixels = io.DEFAULT_MAX_PIXELS
         self.path = ""
         self.n_frames = 0
         self.n_pages = 0
@@ -367,7 +372,7 @@ class _TiffStack(Stack):
         return frame, channel
 
     def page_ref(self, index: int) -> FrameRef:
-        return FrameRef(os.path.abspath(self.path), index, "stack")
+        return FrameRef(os.path.abspath(self.path), index, "stack", self.max_pixels)
 
     def page(self, index: int) -> np.ndarray:
         try:
@@ -394,11 +399,13 @@ class _FolderStack(Stack):
 
     kind = "folder"
 
-    def __init__(self, path: str, files: list[str]) -> None:
+    def __init__(self, path: str, files: list[str],
+                 max_pixels: int = io.DEFAULT_MAX_PIXELS) -> None:
         super().__init__()
         self.path = path
         self.files = files
-        first = io.read_image(files[0])
+        self.max_pixels = max_pixels
+        first = io.read_image(files[0], max_pixels=max_pixels)
         self.n_frames = self.n_pages = len(files)
         self.shape = (int(first.shape[0]), int(first.shape[1]))
         self.dtype = first.dtype
@@ -411,17 +418,18 @@ class _FolderStack(Stack):
 
     def page_ref(self, index: int) -> FrameRef:
         assert self.files is not None
-        return FrameRef(os.path.abspath(self.files[index]), None, "image")
+        return FrameRef(os.path.abspath(self.files[index]), None, "image", self.max_pixels)
 
     def page(self, index: int) -> np.ndarray:
         assert self.files is not None
-        return _read_frame_file(self.files[index], self.page_shape, self.dtype, self.files[0])
+        return _read_frame_file(self.files[index], self.page_shape, self.dtype, self.files[0],
+                                self.max_pixels)
 
 
 def _read_frame_file(path: str, shape: tuple[int, ...], dtype: np.dtype | str,
-                     first: str) -> np.ndarray:
+                     first: str, max_pixels: int = io.DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A folder's frame, which must have the size and type of the first one."""
-    image = io.read_image(path)
+    image = io.read_image(path, max_pixels=max_pixels)
     if image.shape != tuple(shape) or image.dtype != np.dtype(dtype):
         raise io.ImageError(path, f"frame of {_what(image.shape, image.dtype)} in a stack of "
                                   f"{_what(tuple(shape), np.dtype(dtype))} (frame 0, {first}); "
@@ -455,7 +463,7 @@ def _frame_files(path: str) -> list[str] | None:
     return None
 
 
-def open_stack(path: str | os.PathLike) -> Stack:
+def open_stack(path: str | os.PathLike, *, max_pixels: int = io.DEFAULT_MAX_PIXELS) -> Stack:
     """Open a stack without reading its frames.
 
     Parameters
@@ -464,6 +472,9 @@ def open_stack(path: str | os.PathLike) -> Stack:
         A TIFF file (multi-page, BigTIFF, ImageJ hyperstack...), a folder of single-image frames
         (``.png``, ``.tif``, ``.jpg``... in natural order: ``f2`` before ``f10``; hidden files
         and other files are skipped), or a glob such as ``"run1/t*.png"``.
+    max_pixels : int
+        Refuse frames of more pixels than this (``--max-pixels``): a TIFF stack's from its
+        header, a folder's files as :func:`regtool.io.read_image` refuses them.
 
     Returns
     -------
@@ -473,12 +484,13 @@ def open_stack(path: str | os.PathLike) -> Stack:
     ------
     regtool.io.ImageError
         Missing, unreadable, not a TIFF, a series that is not a stack of 2-D pages, fewer than
-        two frames, or (folders) a first frame that cannot be read.
+        two frames, frames larger than ``max_pixels``, or (folders) a first frame that cannot
+        be read.
     """
     path = os.fspath(path)
     files = _frame_files(path)
     if files is not None:
-        stack: Stack = _FolderStack(path, files)
+        stack: Stack = _FolderStack(path, files, max_pixels)
     else:
         p = Path(path)
         if not p.exists():
@@ -491,6 +503,12 @@ def open_stack(path: str | os.PathLike) -> Stack:
             raise io.ImageError(path, "not a TIFF stack; regtool stack reads a multi-page TIFF, "
                                       "a folder of frames or a glob of them")
         stack = _TiffStack(path)
+        stack.max_pixels = max_pixels
+        rows, cols = stack.shape
+        if rows * cols > max_pixels:  # pages are read whole: refuse before the first one
+            stack.close()
+            raise io.ImageError(path, f"frames of {cols}x{rows} pixels, more than the limit of "
+                                      f"{max_pixels} (--max-pixels)")
     if stack.n_frames < 2:
         stack.close()
         raise io.ImageError(path, f"holds {stack.n_frames} frame; a stack needs at least 2")
@@ -553,7 +571,7 @@ def _read_ref(ref: FrameRef, sample: int | None) -> np.ndarray:
     if ref.kind == "array":
         return _cached(ref.path, np.load)
     if ref.kind == "image":
-        image = io.read_image(ref.path)
+        image = io.read_image(ref.path, max_pixels=ref.max_pixels)
         return _select(image, "YXS" if image.ndim == 3 else "YX", sample)
     stack = _cached(ref.path, _TiffStack)
     assert ref.index is not None
@@ -631,7 +649,7 @@ def warp_task(page: FrameRef, matrix: list[list[float]], interp: str, fill: floa
     try:
         if page.kind == "image":
             assert like is not None
-            image = _read_frame_file(page.path, *like)
+            image = _read_frame_file(page.path, *like, page.max_pixels)
             axes = "YX" if image.ndim == 2 else "YXS"
         else:
             stack = _cached(page.path, _TiffStack)
@@ -1064,16 +1082,19 @@ def _default_output(stack: Stack, folder: str, tag: str = "aligned") -> str:
     return os.fspath(Path(folder) / f"{base.resolve().name or 'frames'}_{tag}")
 
 
-def default_output(stack_path: str | os.PathLike, folder: str = ".", tag: str = "aligned") -> str:
+def default_output(stack_path: str | os.PathLike, folder: str = ".", tag: str = "aligned",
+                   max_pixels: int = io.DEFAULT_MAX_PIXELS) -> str:
     """Where a stack's output goes by default: ``<folder>/<stem>_<tag>.tif`` for a TIFF,
     ``<folder>/<name>_<tag>`` (a folder of frames) for a folder or a glob.
+
+    ``max_pixels`` is :func:`open_stack`'s.
 
     Raises
     ------
     regtool.io.ImageError
         The stack cannot be opened.
     """
-    with open_stack(stack_path) as stack:
+    with open_stack(stack_path, max_pixels=max_pixels) as stack:
         return _default_output(stack, folder, tag)
 
 
@@ -1111,7 +1132,8 @@ def _check_folder_output(output: str) -> None:
 
 def plan_stack(path: str | os.PathLike, output: str | None = None, table: str | None = None,
                *, reference: str | int = "first", channel: int | None = None,
-               options: AlignOptions | None = None, folder: str = ".") -> StackPlan:
+               options: AlignOptions | None = None, folder: str = ".",
+               max_pixels: int = io.DEFAULT_MAX_PIXELS) -> StackPlan:
     """Open a stack, check it and its outputs, and choose them, before any work is done.
 
     Parameters
@@ -1135,6 +1157,8 @@ def plan_stack(path: str | os.PathLike, output: str | None = None, table: str | 
     options : regtool.pipeline.AlignOptions, optional
     folder : str
         Where default outputs go.
+    max_pixels : int
+        The largest frame read, in pixels (see :func:`open_stack`).
 
     Returns
     -------
@@ -1156,7 +1180,7 @@ def plan_stack(path: str | os.PathLike, output: str | None = None, table: str | 
     if options.interp not in INTERP_ORDERS:
         raise ValueError(f"interp must be one of {sorted(INTERP_ORDERS)}, not "
                          f"{options.interp!r}")
-    stack = open_stack(path)
+    stack = open_stack(path, max_pixels=max_pixels)
     try:
         ref = _parse_reference(reference, stack.n_frames, stack.path)
         _check_channel(stack, channel)
@@ -1389,11 +1413,13 @@ def run_stack(plan: StackPlan, *, jobs: int | None = None, scheduler: str | None
 def register_stack(path: str | os.PathLike, output: str | None = None,
                    table: str | None = None, *, reference: str | int = "first",
                    channel: int | None = None, options: AlignOptions | None = None,
-                   folder: str = ".", **run: Any) -> StackOutcome:
+                   folder: str = ".", max_pixels: int = io.DEFAULT_MAX_PIXELS,
+                   **run: Any) -> StackOutcome:
     """Register a stack's frames to a reference and write the aligned stack and its table.
 
-    :func:`plan_stack` then :func:`run_stack`; the keyword arguments ``run`` (``jobs``,
-    ``scheduler``, ``executor``, ``window``, ``progress``, ``stop``) go to the latter.
+    :func:`plan_stack` (which takes ``max_pixels``) then :func:`run_stack`; the keyword
+    arguments ``run`` (``jobs``, ``scheduler``, ``executor``, ``window``, ``progress``,
+    ``stop``) go to the latter.
 
     Examples
     --------
@@ -1403,7 +1429,7 @@ def register_stack(path: str | os.PathLike, output: str | None = None,
     ('./drift_aligned.tif', './drift_aligned_transforms.csv', [])
     """
     with plan_stack(path, output, table, reference=reference, channel=channel,
-                    options=options, folder=folder) as plan:
+                    options=options, folder=folder, max_pixels=max_pixels) as plan:
         return run_stack(plan, **run)
 
 
@@ -1488,7 +1514,8 @@ def read_table(path: str | os.PathLike) -> tuple[list[np.ndarray], tuple[int, in
 def apply_table(stack_path: str | os.PathLike, table_path: str | os.PathLike,
                 output_path: str | os.PathLike, interp: str = "cubic", fill: float = 0.0,
                 progress: Callable[[str, int, int], None] | None = None,
-                stop: Callable[[], bool] | None = None) -> str:
+                stop: Callable[[], bool] | None = None,
+                max_pixels: int = io.DEFAULT_MAX_PIXELS) -> str:
     """Resample another stack's frames with a saved transforms table, streaming.
 
     E.g. the transforms found on one channel saved as its own file, applied to the others, or
@@ -1511,6 +1538,8 @@ def apply_table(stack_path: str | os.PathLike, table_path: str | os.PathLike,
         ``progress("frames", done, total)``.
     stop : callable, optional
         As for :func:`run_stack`.
+    max_pixels : int
+        The largest frame read, in pixels (see :func:`open_stack`).
 
     Returns
     -------
@@ -1530,7 +1559,7 @@ def apply_table(stack_path: str | os.PathLike, table_path: str | os.PathLike,
     stop_fn: Callable[[], bool] = stop if stop is not None else (lambda: False)
     table_path, output = os.fspath(table_path), os.fspath(output_path)
     matrices, shape = read_table(table_path)
-    with open_stack(stack_path) as stack:
+    with open_stack(stack_path, max_pixels=max_pixels) as stack:
         if len(matrices) != stack.n_frames:
             raise io.ImageError(table_path, f"the table has {len(matrices)} frames but "
                                             f"{stack.path} has {stack.n_frames}")

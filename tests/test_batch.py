@@ -171,9 +171,9 @@ def test_the_target_is_read_once_per_worker(work, monkeypatch):
     reads: list[str] = []
     real = io.read_image
 
-    def counting(path):
+    def counting(path, **kwargs):
         reads.append(os.fspath(path))
-        return real(path)
+        return real(path, **kwargs)
 
     monkeypatch.setattr(io, "read_image", counting)
     monkeypatch.setattr(batch, "_CACHE", {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -11,11 +12,13 @@ from typing import Any
 import click
 
 from .options import (
+    DEFAULT_MAX_PIXELS,
     EXIT_INTERRUPTED,
     EXIT_NOT_CONVERGED,
     EXIT_OK,
     Failure,
     align_options,
+    max_pixels_option,
     registration_options,
     say_error,
     stderr_is_terminal,
@@ -23,6 +26,12 @@ from .options import (
 
 #: where the outputs of a batch go without -o
 DEFAULT_BATCH_FOLDER = "aligned"
+#: ``--tolerance``: the mean endpoint distance (px) accepted between the transform found and
+#: the one ``--expect`` names. A tenth of a pixel passes rounding differences between
+#: machines and library versions and an estimate against the true transform of a clean pair
+#: (0.0015 px on the 512x512 sample pair), and fails any error one would see in the aligned
+#: image.
+DEFAULT_TOLERANCE = 0.1
 
 _ALIGN_EPILOG = """\b
 Outputs:
@@ -61,6 +70,14 @@ Batches:
   usage or an unusable target.
 
 \b
+Checking against an expected transform (CI):
+  --expect FILE compares the transform found with the one FILE holds (any
+  regtool align JSON, or {"tx": ..., "ty": ..., "theta_deg": ...}) by their
+  mean endpoint distance over the target's pixels. Within --tolerance: exit 0;
+  beyond it, or not converged: exit 1, both transforms and the distance on
+  stderr. The outputs are written either way. One pair only.
+
+\b
 Examples:
   regtool align target.png source.png
   regtool align target.png source.png -o out/aligned.png --params out/params.json
@@ -69,9 +86,12 @@ Examples:
   regtool align t.png s.png --init none      # nearly aligned already: no global search
   regtool align t.png s.png --target-mask no_scale_bar.png --source-mask no_scale_bar.png
   regtool align t.png s.png --min-overlap 0.1
+  regtool align t.png s.png --qa check.png   # a picture: overlays before/after, difference
+  regtool align t.png s.png --expect expected.json --tolerance 0.05 --quiet   # CI
   regtool align ref.tif frames/ -o out/ -j 4        # every image of frames/
   regtool align ref.tif 'frames/*.tif' --skip-existing  # resume into ./aligned/
   regtool align ref.tif frames/ --scheduler tcp://10.0.0.5:8786  # a Dask cluster
+  regtool align ref.tif frames/ -o out/ --qa-dir out/qa/  # a picture per source
 """
 
 
@@ -206,6 +226,22 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
               help="Run a batch on the Dask cluster whose scheduler is at ADDRESS (e.g. "
                    "tcp://10.0.0.5:8786; needs regtool[dask] and a filesystem shared with "
                    "the workers) instead of local processes.")
+@click.option("--qa", metavar="FILE.png",
+              help="Also write a QA picture: the images overlaid before and after alignment "
+                   "(target magenta, source green), their difference after, the parameters. "
+                   "One pair only.")
+@click.option("--qa-dir", metavar="DIR",
+              help="In a batch, write each source's QA picture to DIR/<stem>_qa.png "
+                   "(created if needed).")
+@click.option("--expect", metavar="PARAMS.json",
+              help="Compare the transform found with this one (a regtool align JSON, or tx, "
+                   "ty, theta_deg): exit 1 when they are further apart than --tolerance. One "
+                   "pair only.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=DEFAULT_TOLERANCE,
+              show_default=True, metavar="PX",
+              help="With --expect: the largest mean endpoint distance accepted between the "
+                   "two transforms, in pixels over the target.")
+@max_pixels_option
 @registration_options
 @click.option("--target-mask", metavar="FILE",
               help="Image of the target's size: nonzero = use the pixel, 0 = leave it out "
@@ -214,7 +250,9 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
               help="The same for the source, of the source's size.")
 @click.option("-q", "--quiet", is_flag=True,
               help="Print nothing but errors (and the JSON document with --json).")
+@click.pass_context
 def align_command(
+    ctx: click.Context,
     target: str,
     sources: tuple[str, ...],
     output: str | None,
@@ -223,6 +261,11 @@ def align_command(
     jobs: int | None,
     skip_existing: bool,
     scheduler: str | None,
+    qa: str | None,
+    qa_dir: str | None,
+    expect: str | None,
+    tolerance: float,
+    max_pixels: int,
     target_mask: str | None,
     source_mask: str | None,
     quiet: bool,
@@ -237,51 +280,128 @@ def align_command(
     from regtool import batch
 
     options = align_options(registration)
+    if ctx.get_parameter_source("tolerance") is not click.core.ParameterSource.DEFAULT:
+        if expect is None:
+            raise click.UsageError("--tolerance goes with --expect PARAMS.json", ctx)
+    if not math.isfinite(tolerance):
+        raise click.UsageError(f"--tolerance must be a finite number of pixels, not "
+                               f"{tolerance}", ctx)
     if batch.is_batch(sources):
+        if qa is not None:
+            raise Failure("--qa names the picture of one pair; in a batch, --qa-dir DIR "
+                          "writes one per source (DIR/<stem>_qa.png)")
+        if expect is not None:
+            raise Failure("--expect checks the transform of one pair; in a batch each source "
+                          "has its own (see results.csv), so run one regtool align --expect "
+                          "per pair")
         return _align_batch(target, sources, output, params, as_json, jobs, skip_existing,
-                            scheduler, target_mask, source_mask, quiet, options)
+                            scheduler, target_mask, source_mask, quiet, options, qa_dir,
+                            max_pixels)
     for flag, given in (("--skip-existing", skip_existing), ("--scheduler", scheduler)):
         if given:
             raise Failure(f"{flag} applies to batches (several sources, a folder or a glob "
                           "pattern), not to one pair")
+    if qa_dir is not None:
+        raise Failure("--qa-dir applies to batches (several sources, a folder or a glob "
+                      "pattern); for one pair, --qa FILE.png names the picture")
     return _align_pair(target, sources[0], output, params, as_json, target_mask, source_mask,
-                       quiet, options)
+                       quiet, options, qa=qa, expect=expect, tolerance=tolerance,
+                       max_pixels=max_pixels)
+
+
+def _read_expected(expect: str, target: Any, source: Any) -> Any:
+    """The transform ``--expect`` names, refused when it was recorded for other images."""
+    from regtool import io
+    from regtool.params import read_params
+
+    saved = read_params(expect, need_target_shape=False)
+    for recorded, loaded, which in ((saved.target_shape, target, "target"),
+                                    (saved.source_shape, source, "source")):
+        rows, cols = loaded.image.shape[:2]
+        if recorded is not None and tuple(recorded) != (rows, cols):
+            raise io.ImageError(expect, f"the expected transform was found on a "
+                                f"{recorded[1]}x{recorded[0]} {which}, but the {which} "
+                                f"{loaded.path} is {cols}x{rows}; is it the file for this pair?")
+    return saved
+
+
+def _transform_text(values: dict[str, Any]) -> str:
+    sx, sy = values["shift"]
+    return (f"tx {values['tx']:+.4f}, ty {values['ty']:+.4f} px, theta_deg "
+            f"{values['theta_deg']:+.4f}, shift {sx:+.4f}, {sy:+.4f} px")
+
+
+def _comparison_lines(comparison: Any, name: str, note: str = "") -> list[str]:
+    """Both transforms and their distance, for stderr when the check does not pass."""
+    rows, cols = comparison.shape
+    verdict = "within" if comparison.within else "beyond"
+    return [f"regtool: the transform found is {comparison.distance:.4g} px from the one "
+            f"expected in {name} ({verdict} the tolerance of {comparison.tolerance:g} px; "
+            f"mean endpoint distance over the {cols}x{rows} target){note}",
+            f"  found     {_transform_text(comparison.found)}",
+            f"  expected  {_transform_text(comparison.expected)}"]
 
 
 def _align_pair(target: str, source: str, output: str | None, params: str | None,
                 as_json: bool, target_mask: str | None, source_mask: str | None, quiet: bool,
-                options: Any) -> int:
+                options: Any, *, qa: str | None = None, expect: str | None = None,
+                tolerance: float = DEFAULT_TOLERANCE,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
     """One pair, in this process: the summary (or the document) on stdout."""
     import regtool
     from regtool import io, pipeline
 
     try:
-        loaded_target = pipeline.read_input(target, target_mask, "target")
-        loaded_source = pipeline.read_input(source, source_mask, "source")
-        inputs = loaded_target.paths() + loaded_source.paths()
+        loaded_target = pipeline.read_input(target, target_mask, "target",
+                                            max_pixels=max_pixels)
+        loaded_source = pipeline.read_input(source, source_mask, "source",
+                                            max_pixels=max_pixels)
+        # a broken expectation is bad input, refused before any work like a broken image
+        expected = (None if expect is None
+                    else _read_expected(expect, loaded_target, loaded_source))
+        inputs = loaded_target.paths() + loaded_source.paths() + (
+            [expect] if expect is not None else [])
         out_image, out_params = pipeline.plan_outputs(loaded_source, output, params, inputs,
-                                                      fill=options.fill)
+                                                      fill=options.fill, qa=qa)
     except io.ImageError as exc:
         raise Failure(str(exc)) from None
 
     bar = _LevelBar(enabled=not quiet and stderr_is_terminal())
     try:
         outcome = pipeline.run_pair(loaded_target, loaded_source, out_image, out_params,
-                                    options, progress=bar)
+                                    options, progress=bar, qa=qa)
     except (io.ImageError, regtool.InputError) as exc:
         raise Failure(str(exc)) from None
     finally:
         bar.close()
 
+    comparison = None
+    if expected is not None:
+        comparison = pipeline.compare_transforms(outcome.result.matrix, expected.matrix,
+                                                 loaded_target.image.shape, tolerance)
     doc = outcome.document
     if as_json:
         click.echo(io.dumps_json(doc), nl=False)
     elif not quiet:
-        click.echo(_summary(doc, out_image, out_params))
+        text = _summary(doc, out_image, out_params)
+        if qa is not None:
+            text += f"\nqa         {qa}"
+        if comparison is not None:
+            text += (f"\nexpected   {comparison.distance:.4g} px from {expect} (tolerance "
+                     f"{comparison.tolerance:g} px): "
+                     + ("within" if comparison.within else "BEYOND"))
+        click.echo(text)
     if not outcome.converged:
         if not quiet:
             click.echo(f"regtool: registration did not converge: {outcome.reason}; "
                        "outputs written anyway", err=True)
+            if comparison is not None:
+                click.echo("\n".join(_comparison_lines(comparison, str(expect))), err=True)
+        return EXIT_NOT_CONVERGED
+    if comparison is not None and not comparison.within:
+        # the reason for the exit status, so printed even with --quiet
+        click.echo("\n".join(_comparison_lines(comparison, str(expect),
+                                               "; outputs written anyway")), err=True)
         return EXIT_NOT_CONVERGED
     return EXIT_OK
 
@@ -354,7 +474,8 @@ class _FileBar:
             self.bar = None
 
 
-def _batch_summary(tally: Any, results: str, where: str, seconds: float) -> str:
+def _batch_summary(tally: Any, results: str, where: str, seconds: float,
+                   qa_dir: str | None = None) -> str:
     def listed(items: list[tuple[str, str]], count: int) -> list[str]:
         lines = [f"  {source}: {reason}" if not reason.startswith(source) else f"  {reason}"
                  for source, reason in items]
@@ -371,17 +492,20 @@ def _batch_summary(tally: Any, results: str, where: str, seconds: float) -> str:
     note = " (outputs found complete; counted above by their rows)" if tally.skipped else ""
     lines += [f"skipped        {tally.skipped}{note}",
               f"results        {results}",
+              *([f"qa pictures    {os.path.join(qa_dir, '<stem>_qa.png')}"] if qa_dir
+                else []),
               f"time           {seconds:.1f} s"]
     left = tally.total - tally.finished
     if left:
-        lines.insert(-2, f"not started    {left}")
+        lines.insert(lines.index(f"results        {results}"), f"not started    {left}")
     return "\n".join(lines)
 
 
 def _align_batch(target: str, sources: tuple[str, ...], output: str | None, params: str | None,
                  as_json: bool, jobs: int | None, skip_existing: bool, scheduler: str | None,
                  target_mask: str | None, source_mask: str | None, quiet: bool,
-                 options: Any) -> int:
+                 options: Any, qa_dir: str | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
     """Many sources: workers, results.csv, a bar, a summary; Ctrl-C stops cleanly."""
     from regtool import batch, executors, io
 
@@ -396,7 +520,8 @@ def _align_batch(target: str, sources: tuple[str, ...], output: str | None, para
         raise Failure(f"{folder}: with several sources -o names the output folder, not an "
                       "image file")
     try:
-        plan = batch.plan_batch(target, sources, folder, options, target_mask, source_mask)
+        plan = batch.plan_batch(target, sources, folder, options, target_mask, source_mask,
+                                qa_folder=qa_dir, max_pixels=max_pixels)
         batch.check_inputs(plan)
     except (batch.BatchError, io.ImageError) as exc:
         raise Failure(str(exc)) from None
@@ -438,7 +563,7 @@ def _align_batch(target: str, sources: tuple[str, ...], output: str | None, para
             raise Failure(str(exc)) from None
 
     if not quiet:
-        click.echo(_batch_summary(tally, results, where, time.monotonic() - started))
+        click.echo(_batch_summary(tally, results, where, time.monotonic() - started, qa_dir))
     if interrupted():
         click.echo(f"regtool: interrupted: {tally.finished} of {tally.total} sources finished "
                    f"and listed in {results}; rerun with --skip-existing to do the "

@@ -7,9 +7,10 @@ statuses:
   are written.
 * 1 -- a registration ran but did not converge or found no match (unrelated images, too
   little overlap; the outputs are still written, with ``"converged": false`` and the
-  ``"reason"``), a source of a batch failed (the others went on), a warped transform was
-  recorded as not converged, or regtool stopped on an unexpected internal error (one line on
-  stderr, nothing written).
+  ``"reason"``), with ``--expect`` the transform found lies beyond ``--tolerance`` of the
+  expected one (outputs written too), a source of a batch failed (the others went on), a
+  warped transform was recorded as not converged, or regtool stopped on an unexpected
+  internal error (one line on stderr, nothing written).
 * 2 -- bad usage or bad input, or an output that cannot be written, found before any work:
   one line ``regtool: error: <file>: <problem>`` on stderr, nothing written.
 * 130 -- interrupted (Ctrl-C or SIGTERM): no new work starts; a single pair or a stack writes
@@ -44,6 +45,10 @@ Examples:
   regtool align a.png b.png --init 12.5,-3,7 --optimizer scaled
   regtool align a.tif b.tif --target-mask a_bar.png --source-mask b_bar.png
       leaves out what the masks paint black (e.g. a scale bar)
+  regtool align a.png b.png --qa check.png
+      also a picture: the overlays before and after, the difference, the numbers
+  regtool align a.png b.png --expect expected.json --tolerance 0.05
+      a CI check: exit 1 when the transform is further than 0.05 px from expected
   regtool align fixed.png frames/ -o aligned/ -j 4
       a batch: every image of frames/, results.csv in aligned/
   regtool stack movie.tif --reference previous
@@ -52,8 +57,9 @@ Examples:
       the same transform applied to another channel
 
 Run 'regtool COMMAND --help' for every option. Exit status: 0 converged, 1 did
-not converge or the images do not match (outputs written anyway), a batch's
-source failed, or internal error; 2 bad usage or input; 130 interrupted.
+not converge or the images do not match (outputs written anyway), not the
+--expect'ed transform, a batch's source failed, or internal error; 2 bad usage
+or input; 130 interrupted.
 """
 
 

@@ -21,6 +21,8 @@ DEFAULT_METRIC = "ncc"
 INTERPOLATIONS = ("cubic", "linear", "nearest")
 INIT_WORDS = ("auto", "none")
 DEFAULT_INIT = "auto"
+# regtool.io.DEFAULT_MAX_PIXELS (2**28, 16384 x 16384), repeated for the same reason
+DEFAULT_MAX_PIXELS = 2**28
 
 EXIT_OK = 0
 EXIT_NOT_CONVERGED = 1
@@ -123,6 +125,16 @@ def registration_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for decorate in reversed(decorators):
         command = decorate(command)
     return command
+
+
+def max_pixels_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--max-pixels N``: the largest image read (``max_pixels`` of
+    :func:`regtool.io.read_image`), refused from its header before it is decoded."""
+    return click.option(
+        "--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
+        show_default=True, metavar="N",
+        help="Refuse an image (or mask, or frame) of more than N pixels, from its header, "
+             "before decoding it. The default is 16384 x 16384.")(command)
 
 
 def align_options(values: dict[str, Any]) -> Any:

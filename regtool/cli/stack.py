@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from .options import (
     EXIT_OK,
     Failure,
     align_options,
+    max_pixels_option,
     registration_options,
     stderr_is_terminal,
 )
@@ -57,6 +59,12 @@ Failures:
   next frame is registered to the last good frame).
 
 \b
+QA:
+  --qa FILE.png draws the drift after the run: shift x, shift y and theta per
+  frame, their 1-sigma error bars as a band, held frames marked in red. It
+  needs matplotlib (pip install 'regtool[plot]'), checked before any work.
+
+\b
 Exit status: 0 every frame converged, 1 a frame was held (outputs written),
 2 bad input or an output that cannot be written (nothing written), 130
 interrupted (Ctrl-C or SIGTERM: no new work starts, nothing is left).
@@ -68,6 +76,7 @@ Examples:
   regtool stack hyperstack.tif --channel 1 -o out/aligned.tif
   regtool stack frames/ --reference mean
   regtool stack 'run1/t*.png' -o run1_aligned.tif --table run1.csv
+  regtool stack movie.tif --qa drift.png
 """
 
 
@@ -169,6 +178,48 @@ def _summary(outcome: Any, plan: Any) -> str:
     return "\n".join(lines)
 
 
+def _check_plotting() -> None:
+    """Refuse ``--qa`` at once, before any work, when matplotlib cannot be imported."""
+    try:
+        import matplotlib.backends.backend_agg  # noqa: F401
+    except ImportError:
+        from regtool.qa import PLOT_INSTALL
+
+        raise Failure(f"--qa: the drift plot of a stack needs matplotlib: {PLOT_INSTALL}"
+                      ) from None
+
+
+def _check_qa_output(qa: str, plan: Any) -> None:
+    """The drift plot can be written at ``qa`` and overwrites neither an input nor an output."""
+    import numpy as np
+
+    from regtool import io
+
+    io.check_output_path(qa, plan.stack.input_paths(), dtype=np.dtype(np.uint8), channels=3)
+    for other, what in ((plan.output, "the aligned stack"), (plan.table_csv, "the table"),
+                        (plan.table_json, "the table")):
+        if os.path.realpath(qa) == os.path.realpath(other):
+            raise io.ImageError(qa, f"the drift plot would overwrite {what}; give it another "
+                                "name")
+
+
+def _write_drift_plot(qa: str, outcome: Any, name: str, reference: str | int) -> None:
+    """Draw the drift from the table's rows and write it (after the stack: its own file)."""
+    from regtool import io
+    from regtool.qa import drift_plot
+
+    # the rows hold the shift about the center as a pair; the plot reads it by axis, as the
+    # CSV table names it
+    rows = [{**r, "shift_x": r["shift"][0], "shift_y": r["shift"][1]} for r in outcome.rows]
+    held = len(outcome.held)
+    title = (f"{os.path.basename(os.path.normpath(name))} (reference {reference}): drift over "
+             f"{len(rows)} frames" + (f", {held} failed (held)" if held else ""))
+    try:
+        io.write_image(qa, drift_plot(rows, title=title))
+    except io.ImageError as exc:
+        raise Failure(f"{exc}; the aligned stack and its table were written") from None
+
+
 @click.command(
     "stack",
     short_help="Align the frames of a stack (TIFF, folder or glob) to a reference.",
@@ -194,11 +245,16 @@ def _summary(outcome: Any, plan: Any) -> str:
 @click.option("--scheduler", metavar="ADDRESS",
               help="Run the registrations on this Dask scheduler (e.g. tcp://host:8786); the "
                    "files must be on a file system its workers share.")
+@click.option("--qa", metavar="FILE.png",
+              help="Also draw the drift: shift and rotation per frame with their error bars, "
+                   "held frames marked (needs matplotlib: pip install 'regtool[plot]').")
+@max_pixels_option
 @registration_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def stack_command(input_path: str, output: str | None, table: str | None,
                   reference: str | int, channel: int | None, jobs: int | None,
-                  scheduler: str | None, quiet: bool, **registration: Any) -> int:
+                  scheduler: str | None, qa: str | None, max_pixels: int, quiet: bool,
+                  **registration: Any) -> int:
     """Align every frame of the stack INPUT to a reference frame (rigid: rotation + shift).
 
     Drift, bleaching and changing exposure are handled by default (the ncc metric).
@@ -209,9 +265,11 @@ def stack_command(input_path: str, output: str | None, table: str | None,
     from regtool.executors import SchedulerError
 
     options = align_options(registration)
+    if qa is not None:
+        _check_plotting()
     try:
         plan = stacks.plan_stack(input_path, output, table, reference=reference,
-                                 channel=channel, options=options)
+                                 channel=channel, options=options, max_pixels=max_pixels)
     except io.ImageError as exc:
         raise Failure(str(exc)) from None
 
@@ -219,6 +277,8 @@ def stack_command(input_path: str, output: str | None, table: str | None,
     signals = _StopSignals()
     try:
         with plan, signals.installed():
+            if qa is not None:
+                _check_qa_output(qa, plan)
             outcome = stacks.run_stack(plan, jobs=jobs, scheduler=scheduler, progress=bar,
                                        stop=lambda: signals.stopped)
     except stacks.Interrupted:
@@ -232,8 +292,10 @@ def stack_command(input_path: str, output: str | None, table: str | None,
     finally:
         bar.close()
 
+    if qa is not None:
+        _write_drift_plot(qa, outcome, input_path, plan.reference)
     if not quiet:
-        click.echo(_summary(outcome, plan))
+        click.echo(_summary(outcome, plan) + ("" if qa is None else f"\nqa         {qa}"))
     if not outcome.converged:
         held = outcome.held
         listed = ", ".join(map(str, held[:SHOWN_HELD])) + (", ..." if len(held) > SHOWN_HELD

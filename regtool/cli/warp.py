@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 
-from .options import EXIT_NOT_CONVERGED, EXIT_OK, INTERPOLATIONS, Failure, stderr_is_terminal
+from .options import (
+    DEFAULT_MAX_PIXELS,
+    EXIT_NOT_CONVERGED,
+    EXIT_OK,
+    INTERPOLATIONS,
+    Failure,
+    max_pixels_option,
+    stderr_is_terminal,
+)
 
 #: What messages call the parameter document read from ``--params -``.
 STDIN_NAME = "<stdin>"
@@ -124,6 +132,7 @@ def _shape_text(shape: tuple[int, int]) -> str:
               help="Map the x, y columns of this table instead of warping an image.")
 @click.option("--inverse", is_flag=True,
               help="With --points: map TARGET (aligned) -> SOURCE instead of SOURCE -> TARGET.")
+@max_pixels_option
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
 def warp_command(
@@ -136,6 +145,7 @@ def warp_command(
     fill: float,
     points: str | None,
     inverse: bool,
+    max_pixels: int,
     quiet: bool,
 ) -> int:
     """Apply the transform saved by regtool align to IMAGE, or to the points of --points.
@@ -150,19 +160,20 @@ def warp_command(
         if points is not None or inverse or image is None:
             raise click.UsageError("--transforms applies a stack's table to a STACK: give the "
                                    "stack, and neither --points nor --inverse", ctx)
-        return _warp_stack(image, transforms, output, interp, fill, quiet)
+        return _warp_stack(image, transforms, output, interp, fill, quiet, max_pixels)
     assert params is not None
     if (image is None) == (points is None):
         raise click.UsageError("give either IMAGE or --points IN.csv (one of them)", ctx)
     if points is not None:
-        for name in ("interp", "fill"):
+        for name in ("interp", "fill", "max_pixels"):
             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
-                raise click.UsageError(f"--{name} applies to images, not to --points", ctx)
+                flag = "--" + name.replace("_", "-")
+                raise click.UsageError(f"{flag} applies to images, not to --points", ctx)
         return _warp_points(points, params, output, inverse, quiet)
     if inverse:
         raise click.UsageError("--inverse applies to --points only", ctx)
     assert image is not None
-    return _warp_image(image, params, output, interp, fill, quiet)
+    return _warp_image(image, params, output, interp, fill, quiet, max_pixels)
 
 
 def _inputs(path: str, params: str) -> list[str]:
@@ -180,12 +191,12 @@ def _warn_not_converged(saved: Any, quiet: bool) -> int:
 
 
 def _warp_image(image: str, params: str, output: str | None, interp: str, fill: float,
-                quiet: bool) -> int:
+                quiet: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
     from regtool import io
 
     try:
         saved = _read_params(params, need_target_shape=True)
-        data = io.read_image(image)
+        data = io.read_image(image, max_pixels=max_pixels)
         saved.check_image(image, data, fill)
         channels = 1 if data.ndim == 2 else int(data.shape[-1])
         out = output if output is not None else os.fspath(
@@ -202,7 +213,7 @@ def _warp_image(image: str, params: str, output: str | None, interp: str, fill: 
 
 
 def _warp_stack(stack_path: str, table: str, output: str | None, interp: str, fill: float,
-                quiet: bool) -> int:
+                quiet: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
     from regtool import io
     from regtool import stack as stacks
 
@@ -211,10 +222,11 @@ def _warp_stack(stack_path: str, table: str, output: str | None, interp: str, fi
     bar = _FrameBar(enabled=not quiet and stderr_is_terminal())
     signals = _StopSignals()
     try:
-        out = output if output is not None else stacks.default_output(stack_path, tag="warped")
+        out = output if output is not None else stacks.default_output(
+            stack_path, tag="warped", max_pixels=max_pixels)
         with signals.installed():
             stacks.apply_table(stack_path, table, out, interp=interp, fill=fill, progress=bar,
-                               stop=lambda: signals.stopped)
+                               stop=lambda: signals.stopped, max_pixels=max_pixels)
     except stacks.Interrupted:
         raise KeyboardInterrupt from None
     except io.ImageError as exc:
