@@ -38,6 +38,14 @@ def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
 # decides unless noise swamps it (its expected NCC for a perfect match under 0.5); then the
 # coarse one does, with a higher bar since unrelated shading agrees more at coarse scales.
 DETAIL_BANDS = ((1.0, 3.0, 0.35), (3.0, 9.0, 0.55))
+# On small overlaps the fine band's bar grows (see _small_overlap_bar).
+SMALL_AREA = 20.0
+SMALL_SIGMAS = 5.0
+SMALL_FROM = 4096
+SMALL_CAP = 0.9
+# The fine band's window (2 * 3 sigma_coarse + 1 = 19 pixels) must fit 64 times in the overlap:
+# about this many grid pixels a side.
+MIN_CHECK_SIDE = 27
 # Whatever the detail says, aligned views of one scene correlate at least this much overall.
 NCC_FLOOR = 0.2
 # ssd's answer is trusted only while the intensities agree: spreads within 10% and means within
@@ -109,6 +117,8 @@ def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray
             offset = (float(st.mean()) - float(sw.mean())) / spread_t if spread_t > 0 else math.nan
         bw = (blurred[fine][0] - blurred[coarse][0])[inner]
         bt = (blurred[fine][1] - blurred[coarse][1])[inner]
+        if fine == DETAIL_BANDS[0][0]:
+            bar = max(bar, _small_overlap_bar(bw.size))
         result = (_ncc(bw, bt), bar)
         if result[0] >= bar:
             break
@@ -123,6 +133,21 @@ def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray
         if expected >= 0.5:
             break
     return result + (gain, offset)
+
+
+def _small_overlap_bar(count: int) -> float:
+    """The fine band's bar on a small overlap of ``count`` grid pixels: chance agreement grows.
+
+    The fine band's values decorrelate over about SMALL_AREA grid pixels, so ``count`` pixels
+    hold about ``count / SMALL_AREA`` independent ones and an unrelated pair's band NCC spreads
+    as ``sqrt(SMALL_AREA / count)`` -- more once the descent has maximized it. The bar asks for
+    SMALL_SIGMAS of that spread, which is DETAIL_BANDS' 0.35 at SMALL_FROM pixels (the whole
+    grid of a 251x301 pair holds 5478) and is capped at SMALL_CAP: a 48x64 crop of one
+    photograph against another reached 0.46 after alignment, the right pair 0.998.
+    """
+    if count >= SMALL_FROM:
+        return 0.0
+    return min(SMALL_CAP, SMALL_SIGMAS * math.sqrt(SMALL_AREA / max(count, 1)))
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -145,8 +170,11 @@ def _statistics(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray,
     well enough for a plain NCC of 0.5 or more, but not their fine structure.
     """
     # Every other pixel, or a coarser regular grid of about 128 x 128 on large images: the
-    # statistics need no more, and the check stays a few milliseconds at any size.
-    step = max(2, math.ceil(max(f.shape[0], f.shape[1]) / QUALITY_GRID))
+    # statistics need no more, and the check stays a few milliseconds at any size. Images of
+    # at most QUALITY_GRID pixels a side are used whole: halved, a 64x48 pair left the fine
+    # detail band (a 19-pixel window) too little room and a right answer was called no match.
+    longest = max(f.shape[0], f.shape[1])
+    step = 1 if longest <= QUALITY_GRID else max(2, math.ceil(longest / QUALITY_GRID))
     shape = ((f.shape[0] + step - 1) // step, (f.shape[1] + step - 1) // step)
     sub = m @ np.diag([float(step), float(step), 1.0])
     rc, offset = ndimage_affine(sub)
@@ -228,6 +256,10 @@ def verdict(quality: Quality, metric: str) -> str | None:
     agree, since ``ssd``'s minimum moves under a gain or an offset.
     """
     q = quality
+    if math.isnan(q.detail_ncc) and q.ncc >= NCC_FLOOR:
+        return ("the overlap is too small to check the match: the detail check needs about "
+                f"{MIN_CHECK_SIDE}x{MIN_CHECK_SIDE} pixels of overlap after alignment "
+                f"(plain NCC {q.ncc:.2f})")
     if not (q.detail_ncc >= q.needed and q.ncc >= NCC_FLOOR):
         return (f"the images do not match: their detail correlates at {q.detail_ncc:.2f} over "
                 f"the overlap after alignment (a match has at least {q.needed}; plain NCC "

@@ -45,3 +45,24 @@ def test_masked_pixels_are_left_out():
     f2[:, :60] = np.random.default_rng(0).random((f.shape[0], 60))  # garbage where masked
     q = Q.assess(f2, f_mask, g, None, m)
     assert q.ncc > 0.95 and Q.verdict(q, "ncc") is None
+
+
+def test_small_images_are_checked_whole_with_a_bar_for_their_size():
+    """A 48x64 pair is judged on every pixel (halved, no detail band fitted and a right answer
+    was called no match); chance agreement of a small overlap is not taken for a match; an
+    overlap too small for the detail check says so."""
+    import regtool
+
+    for which in (0, 1):
+        t, s, _ = make_pair(photo(which), (48, 64), (2.0, -1.5), 3.0, noise=0.01, seed=2)
+        assert regtool.align(t, s).converged
+    t, _, _ = make_pair(photo(0), (48, 64), (2.0, -1.5), 3.0)
+    _, other, _ = make_pair(photo(1), (48, 64), (2.0, -1.5), 3.0)
+    wrong = regtool.align(t, other)
+    # this pair's detail reaches 0.44 after alignment: above the 0.35 of a large overlap
+    assert not wrong.converged and wrong.detail_ncc > Q.DETAIL_BANDS[0][2]
+    t, s, _ = make_pair(photo(0), (24, 24), (1.0, 0.5), 2.0)
+    tiny = regtool.align(t, s)
+    assert not tiny.converged and "too small to check the match" in tiny.reason
+    assert Q._small_overlap_bar(Q.SMALL_FROM) == 0.0
+    assert Q._small_overlap_bar(Q.SMALL_FROM - 1) >= Q.DETAIL_BANDS[0][2] - 1e-3
