@@ -57,9 +57,10 @@ Failures:
   next frame is registered to the last good frame).
 
 \b
-Exit status: 0 every frame converged, 1 a frame was held (outputs written),
-2 bad input or an output that cannot be written (nothing written), 130
-interrupted (Ctrl-C or SIGTERM: no new work starts, nothing is left).
+Exit status: 0 every frame converged, 1 a frame was held (outputs written) or a
+worker process died (nothing written), 2 bad input or an output that cannot be
+written (nothing written), 130 interrupted (Ctrl-C or SIGTERM: no new work
+starts, nothing is left).
 
 \b
 Examples:
@@ -223,6 +224,10 @@ def stack_command(input_path: str, output: str | None, table: str | None,
                                        stop=lambda: signals.stopped)
     except stacks.Interrupted:
         raise KeyboardInterrupt from None
+    except stacks.WorkerLost as exc:
+        if signals.stopped:  # the workers killed by the same SIGTERM (a process group's)
+            raise KeyboardInterrupt from None
+        raise Failure(str(exc), exit_code=EXIT_NOT_CONVERGED) from None  # 1, as a batch's
     except (io.ImageError, InputError, SchedulerError) as exc:
         raise Failure(str(exc)) from None
     except Exception:
