@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
+import io as _textio
 import json
 import math
 import os
@@ -533,28 +534,39 @@ class ResultsTable:
     """``results.csv``, a row at a time: it always lists exactly the outputs on disk.
 
     Opening replaces any previous table atomically by one holding the header alone; each
-    :meth:`add` appends a row and flushes it to the operating system, after the row's outputs
-    were written (atomically, by the worker). An interrupted or killed batch therefore leaves a
-    table whose rows all point at complete outputs. Rows are not fsync'ed one by one: the
-    outputs themselves are not either, and a flush survives anything but a power cut.
+    :meth:`add` appends a row, after the row's outputs were written (atomically, by the
+    worker), with one unbuffered write to the operating system. A row that cannot be written
+    whole (a full disk takes the part that fits) is cut off again, so an interrupted, killed or
+    failed batch leaves a table whose rows are whole and all point at complete outputs. Rows
+    are not fsync'ed one by one: the outputs themselves are not either, and a written row
+    survives anything but a power cut.
 
     Parameters
     ----------
     path : str
+
+    Attributes
+    ----------
+    opened_ns : int
+        The table's modification time once its header is written (``st_mtime_ns``): a file
+        of the folder modified since was written by this batch.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file: Any = None
-        self._writer: Any = None
+        self.opened_ns = 0
+        self._fd: int | None = None
+        self._size = 0
 
     def __enter__(self) -> ResultsTable:
         try:
             self._start()
         except OSError as exc:
-            raise io.ImageError(self.path, f"cannot write the file ({exc.strerror or exc})"
-                                ) from None
+            raise self._error(exc) from None
         return self
+
+    def _error(self, exc: OSError) -> io.ImageError:
+        return io.ImageError(self.path, f"cannot write the file ({exc.strerror or exc})")
 
     def _start(self) -> None:
         folder = os.path.dirname(self.path) or "."
@@ -569,41 +581,46 @@ class ResultsTable:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self._file = open(self.path, "a", newline="", encoding="utf-8")
-        self._writer = csv.writer(self._file)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        st = os.fstat(self._fd)
+        self._size, self.opened_ns = st.st_size, st.st_mtime_ns
 
     def add(self, row: dict[str, Any], flush: bool = True) -> None:
         """Append ``row`` (keys :data:`COLUMNS`; missing ones are empty).
 
+        ``flush`` is accepted for compatibility: every row goes to the operating system at
+        once.
+
         Raises
         ------
         regtool.io.ImageError
-            The table cannot be written (disk full...).
+            The table cannot be written (disk full...); the part of the row that was written,
+            if any, is cut off.
         """
+        assert self._fd is not None
         try:
-            self._writer.writerow([_cell(row.get(name)) for name in COLUMNS])
-            if flush:
-                self._file.flush()
+            line = _textio.StringIO()
+            csv.writer(line).writerow([_cell(row.get(name)) for name in COLUMNS])
+            text = line.getvalue().encode("utf-8")
+            data = memoryview(text)
+            while data:
+                data = data[os.write(self._fd, data):]
         except OSError as exc:
-            raise io.ImageError(self.path, f"cannot write the file ({exc.strerror or exc})"
-                                ) from None
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)  # no half row
+            raise self._error(exc) from None
+        self._size += len(text)
 
     def flush(self) -> None:
-        """Hand the rows added to the operating system (see :meth:`add`)."""
-        try:
-            self._file.flush()
-        except OSError as exc:
-            raise io.ImageError(self.path, f"cannot write the file ({exc.strerror or exc})"
-                                ) from None
+        """Kept for compatibility: :meth:`add` hands each row to the operating system."""
 
     def __exit__(self, *exc: Any) -> None:
-        if self._file is not None:
+        if self._fd is not None:
             with contextlib.suppress(OSError):
-                self._file.flush()
-                os.fsync(self._file.fileno())
+                os.fsync(self._fd)
             with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
+                os.close(self._fd)
+            self._fd = None
 
 
 def _umask() -> int:
@@ -759,7 +776,9 @@ def run_batch(batch: Batch, executor: Any, *, skip_existing: bool = False,
     ------
     BatchAborted
         The executor broke (a local worker process died); raised once the tasks in flight
-        are recorded.
+        are recorded. A broken local pool is shut down first: then no worker runs, and each
+        task it lost has either its whole outputs and their row, or no output and a
+        ``"failed"`` row.
     regtool.io.ImageError
         ``results.csv`` cannot be written (disk full...). Raised at once: the tasks in flight
         may still finish, without their rows (``skip_existing`` finds them).
@@ -784,21 +803,69 @@ def run_batch(batch: Batch, executor: Any, *, skip_existing: bool = False,
                            batch.folder, batch.options, batch.qa_folder, batch.max_pixels))
                  for source in todo)
         broken: list[BaseException] = []  # a list, so the stop below sees it change
+        lost: list[str] = []  # tasks a broken pool took with it
+        recorded = 0  # rows of the tasks run
         for source, future in executors.bounded(executor, align_source, tasks, window,
                                                 stop=lambda: bool(broken) or stop()):
             error = future.exception()
+            if isinstance(error, BrokenExecutor):
+                # A local worker process died (memory?). The broken pool fails every task in
+                # flight and terminates its other workers, perhaps in the middle of a write:
+                # these tasks are settled below, once every worker is gone.
+                broken.append(error)
+                lost.append(source)
+                continue
             if error is None:
                 row = future.result()
             else:
-                # The task never returned: its process died (memory?) or the cluster lost it.
-                # A broken local pool takes every task in flight with it and accepts no more.
-                if isinstance(error, BrokenExecutor):
-                    broken.append(error)
+                # The task never returned: the cluster lost it (a Dask worker died...).
                 detail = " ".join(str(error).split()) or "no message"
                 row = _failed_row(source, f"{source}: the task was lost "
                                           f"({type(error).__name__}: {detail})")
             table.add(row)
+            recorded += 1
             yield Completed(row)
+        if broken:
+            executor.shutdown(wait=True)  # returns once every worker process has ended
+            for source in lost:
+                row = _settle_lost(batch, source, table.opened_ns)
+                table.add(row)
+                recorded += 1
+                yield Completed(row)
     if broken:
-        raise BatchAborted("a worker process died (out of memory, or killed?); the sources "
-                           "not started were left for a rerun with --skip-existing")
+        left = len(list(todo)) - recorded
+        if not left:
+            raise BatchAborted("a worker process died (out of memory, or killed?); rerun with "
+                               "--skip-existing to do the lost sources")
+        raise BatchAborted(f"a worker process died (out of memory, or killed?) and the batch "
+                           f"stopped: {left} source{'s' if left != 1 else ''} not started; "
+                           "rerun with --skip-existing to do them and the lost ones")
+
+
+def _settle_lost(batch: Batch, source: str, since_ns: int) -> dict[str, Any]:
+    """The row of a task that a broken pool lost, once no worker runs: a whole or no output.
+
+    The worker may have died (or been terminated by the pool) anywhere in the task: before its
+    writes, in the middle of one (a temporary ``.<name>.XXXXXXXX.part`` is left), between the
+    aligned image and the parameter file, or after both (only its result was lost). Outputs
+    that this batch wrote whole (the parameter file is newer than the table) are kept and get
+    their row; otherwise the temporaries and every output of the source are removed (the batch
+    was to replace them) and the row says the task was lost.
+    """
+    candidates = _output_candidates(source, batch.folder)
+    for path in candidates:
+        folder, name = os.path.split(path)
+        pattern = os.path.join(glob.escape(folder or "."), glob.escape(f".{name}.") + "*.part")
+        for tmp in glob.glob(pattern):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    row = finished_row(batch, source)
+    if row is not None:
+        with contextlib.suppress(OSError):
+            if os.stat(batch.params_path(source)).st_mtime_ns >= since_ns:
+                return row
+    for path in candidates:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return _failed_row(source, f"{source}: the task was lost: a worker process died (out of "
+                               "memory, or killed?), which ends every task in flight")

@@ -51,6 +51,7 @@ half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import lzma
@@ -77,6 +78,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "write_image",
+    "write_problem",
     "write_json",
     "read_text",
     "write_text",
@@ -1189,6 +1191,31 @@ def _encode(path: Path, tmp: str, image: np.ndarray) -> None:
         Image.fromarray(image).save(tmp, format=fmt, **options)
 
 
+# Free space below which a short write is taken for a full disk (see write_problem).
+_NEARLY_FULL_BYTES = 2**20
+
+
+def write_problem(exc: OSError, path: PathLike) -> str:
+    """What stopped a write to ``path``, in a few words: the system's message for ``exc``.
+
+    tifffile writes pixel data with :meth:`numpy.ndarray.tofile`, whose error for a short write
+    has no errno ("4096 requested and 3960 written"); a file system that has (nearly) no space
+    left then says why: "No space left on device".
+
+    Parameters
+    ----------
+    exc : OSError
+    path : str or os.PathLike
+        The file being written.
+    """
+    if exc.errno is None and hasattr(os, "statvfs"):
+        with contextlib.suppress(OSError):
+            st = os.statvfs(Path(path).parent)
+            if st.f_bavail * st.f_frsize < _NEARLY_FULL_BYTES:
+                return os.strerror(errno.ENOSPC)
+    return exc.strerror or str(exc)
+
+
 def write_image(path: PathLike, image: np.ndarray) -> None:
     """Write an image atomically, in the format named by the extension of ``path``.
 
@@ -1219,7 +1246,7 @@ def write_image(path: PathLike, image: np.ndarray) -> None:
         with _atomic(p) as tmp:
             _encode(p, tmp, arr)
     except OSError as exc:
-        raise ImageError(path, f"cannot write the file ({exc.strerror or exc})") from None
+        raise ImageError(path, f"cannot write the file ({write_problem(exc, p)})") from None
 
 
 def _jsonable(value: Any) -> Any:

@@ -68,7 +68,7 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -91,6 +91,7 @@ __all__ = [
     "StackPlan",
     "StackOutcome",
     "Interrupted",
+    "WorkerLost",
     "plan_stack",
     "run_stack",
     "register_stack",
@@ -134,6 +135,11 @@ _IDENTITY = np.eye(3)
 
 class Interrupted(RegtoolError):
     """The run's ``stop`` callable asked it to stop: no output was written."""
+
+
+class WorkerLost(RegtoolError):
+    """A local worker process died (out of memory, or killed): the run stopped, no output was
+    written. ``str(error)`` is one line naming the stack."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -881,12 +887,16 @@ class _Writer:
                 assert self.names is not None
                 for name, page in zip(self.names, pages, strict=True):
                     image = np.moveaxis(page, 0, -1) if self.stack.page_axes == "SYX" else page
-                    io.write_image(os.path.join(self.tmp, name), image)
+                    try:
+                        io.write_image(os.path.join(self.tmp, name), image)
+                    except io.ImageError as exc:  # named where it goes, not in the temporary
+                        raise io.ImageError(os.path.join(self.output, name), exc.problem
+                                            ) from None
             else:
                 self._write_tiff(pages)
         except OSError as exc:
-            raise io.ImageError(self.output, f"cannot write the file ({exc.strerror or exc})"
-                                ) from None
+            raise io.ImageError(self.output, "cannot write the file "
+                                f"({io.write_problem(exc, self.tmp)})") from None
 
     def _write_tiff(self, pages: Iterator[np.ndarray]) -> None:
         import tifffile
@@ -1369,6 +1379,8 @@ def run_stack(plan: StackPlan, *, jobs: int | None = None, scheduler: str | None
         The Dask scheduler cannot be reached.
     Interrupted
         ``stop`` returned True.
+    WorkerLost
+        A local worker process died (out of memory, or killed). Nothing is left behind.
     """
     stop_fn: Callable[[], bool] = stop if stop is not None else (lambda: False)
     stack = plan.stack
@@ -1404,6 +1416,10 @@ def run_stack(plan: StackPlan, *, jobs: int | None = None, scheduler: str | None
             document = _document(plan, rows)
             _commit(writer, [(plan.table_csv, _csv_text(rows, stack.shape)),
                              (plan.table_json, io.dumps_json(document))])
+        except BrokenExecutor:  # the pool is shut down on leaving the with
+            writer.abort()
+            raise WorkerLost(f"{stack.path}: a worker process died (out of memory, or "
+                             "killed?) and the run stopped; nothing was written") from None
         except BaseException:
             writer.abort()
             raise

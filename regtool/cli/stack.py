@@ -283,6 +283,10 @@ def stack_command(input_path: str, output: str | None, table: str | None,
                                        stop=lambda: signals.stopped)
     except stacks.Interrupted:
         raise KeyboardInterrupt from None
+    except stacks.WorkerLost as exc:
+        if signals.stopped:  # the workers killed by the same SIGTERM (a process group's)
+            raise KeyboardInterrupt from None
+        raise Failure(str(exc), exit_code=EXIT_NOT_CONVERGED) from None  # 1, as a batch's
     except (io.ImageError, InputError, SchedulerError) as exc:
         raise Failure(str(exc)) from None
     except Exception:
