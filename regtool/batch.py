@@ -852,7 +852,7 @@ def _settle_lost(batch: Batch, source: str, since_ns: int) -> dict[str, Any]:
     their row; otherwise the temporaries and every output of the source are removed (the batch
     was to replace them) and the row says the task was lost.
     """
-    candidates = _output_candidates(source, batch.folder)
+    candidates = _output_candidates(source, batch.folder, batch.qa_folder)
     for path in candidates:
         folder, name = os.path.split(path)
         pattern = os.path.join(glob.escape(folder or "."), glob.escape(f".{name}.") + "*.part")

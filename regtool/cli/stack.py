@@ -65,9 +65,10 @@ QA:
   needs matplotlib (pip install 'regtool[plot]'), checked before any work.
 
 \b
-Exit status: 0 every frame converged, 1 a frame was held (outputs written),
-2 bad input or an output that cannot be written (nothing written), 130
-interrupted (Ctrl-C or SIGTERM: no new work starts, nothing is left).
+Exit status: 0 every frame converged, 1 a frame was held (outputs written)
+or a worker process died (nothing written), 2 bad input or an output that
+cannot be written (nothing written), 130 interrupted (Ctrl-C or SIGTERM: no
+new work starts, nothing is left).
 
 \b
 Examples:
