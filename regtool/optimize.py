@@ -29,7 +29,8 @@ DEFAULT_MAX_ITER = {"gauss-newton": 50, "scaled": 300, "gd": 300}
 #: took; None when it took none), ``damping`` (``gauss_newton``: the Levenberg-Marquardt
 #: lambda of that step; ``scaled_gd``: its step length alpha; ``plain_gd``: the fixed rate) and
 #: ``accepted`` (False when the point raised the objective and was rejected: only
-#: ``gauss_newton`` rejects points; the others' line search or fixed rate never does).
+#: ``gauss_newton`` rejects points, the others' line search or fixed rate never does; False too
+#: on a row that ends the level in failure: the overlap lost, ``plain_gd`` diverging).
 IterationLog = Callable[[dict[str, Any]], None]
 
 

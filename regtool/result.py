@@ -61,7 +61,11 @@ class IterationRecord:
         ``scaled``: the step length alpha the line search settled on; ``gd``: the fixed rate.
     accepted : bool
         False when the point raised the objective and was rejected (``gauss-newton`` only):
-        the step is then retried from the last accepted point, with more damping.
+        the step is then retried from the last accepted point, with more damping. The
+        objective is ``mean(e**2)`` (:class:`regtool.loss.Residual`): ``loss`` itself for
+        ``ssd``, ``2 var(f) (1 - ncc)`` over the overlap for ``ncc``, so there a rejected
+        point's loss may be a little lower. False too on a row that ends the level in failure
+        (the overlap lost: no loss; ``gd`` diverging).
     elapsed_ms : float
         Milliseconds since :func:`regtool.align` was called.
     """
