@@ -22,18 +22,19 @@ if TYPE_CHECKING:
     from .pipeline import AlignOptions
     from .register import align
     from .resample import warp
-    from .result import LevelRecord, Result
+    from .result import IterationRecord, LevelRecord, Result
     from .stack import apply_table, register_stack
     from .uncertainty import Uncertainty
 
-__all__ = ["align", "warp", "Result", "LevelRecord", "Uncertainty", "InputError", "RegtoolError",
-           "AlignOptions", "read_params", "register_stack", "apply_table", "plan_batch",
-           "run_batch", "__version__"]
+__all__ = ["align", "warp", "Result", "LevelRecord", "IterationRecord", "Uncertainty",
+           "InputError", "RegtoolError", "AlignOptions", "read_params", "register_stack",
+           "apply_table", "plan_batch", "run_batch", "__version__"]
 
 # The public names load on first use, so `regtool --version` and `--help` never pay for
 # numpy and scipy.
 _WHERE = {
     "align": "register", "Result": "result", "LevelRecord": "result", "warp": "resample",
+    "IterationRecord": "result",
     "Uncertainty": "uncertainty",
     "InputError": "errors", "RegtoolError": "errors",
     # many images: batches, stacks, saved transforms

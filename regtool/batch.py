@@ -44,9 +44,9 @@ from .pipeline import AlignOptions
 
 __all__ = [
     "BatchError", "BatchAborted", "Batch", "Completed", "Tally", "ResultsTable", "COLUMNS",
-    "IMAGE_EXTENSIONS", "RESULTS_NAME", "QA_SUFFIX", "is_batch", "expand_sources", "plan_batch",
-    "check_inputs", "prepare_folder", "align_source", "finished_row", "row_from_document",
-    "read_results", "run_batch",
+    "IMAGE_EXTENSIONS", "RESULTS_NAME", "QA_SUFFIX", "LOG_SUFFIX", "is_batch", "expand_sources",
+    "plan_batch", "check_inputs", "prepare_folder", "align_source", "finished_row",
+    "row_from_document", "read_results", "run_batch",
 ]
 
 #: extensions (lower case) of the files a folder given as a source contributes
@@ -56,6 +56,8 @@ IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif", ".
 RESULTS_NAME = "results.csv"
 #: what follows a source's stem in the name of its QA picture, in the QA folder
 QA_SUFFIX = "_qa.png"
+#: what follows a source's stem in the name of its iteration log, in the log folder
+LOG_SUFFIX = "_log.csv"
 #: its columns, in order; the four ``sigma_``/``endpoint`` ones hold the error bars (empty
 #: when there are none)
 COLUMNS = ("source", "output", "status", "converged", "reason", "tx", "ty", "theta_deg",
@@ -192,6 +194,9 @@ class Batch:
         (:func:`regtool.qa.pair_panel`); None: no pictures.
     max_pixels : int
         The largest image (and mask) read, in pixels (:func:`regtool.io.read_image`).
+    log_folder : str or None
+        Where each source's iteration log goes, ``<log_folder>/<stem>_log.csv``
+        (:func:`regtool.pipeline.log_text`); None: no logs.
     """
 
     target: str
@@ -202,6 +207,7 @@ class Batch:
     source_mask: str | None = None
     qa_folder: str | None = None
     max_pixels: int = io.DEFAULT_MAX_PIXELS
+    log_folder: str | None = None
 
     @property
     def results_path(self) -> str:
@@ -222,6 +228,10 @@ class Batch:
             return None
         return os.path.join(self.qa_folder, f"{Path(source).stem}{QA_SUFFIX}")
 
+    def log_path(self, source: str) -> str | None:
+        """The iteration log of ``source``, ``<log_folder>/<stem>_log.csv``; None without."""
+        return _log_path(source, self.log_folder)
+
     def absolute(self) -> Batch:
         """The same batch with absolute paths, for workers whose current folder is not ours.
 
@@ -234,23 +244,32 @@ class Batch:
         return replace(self, target=full(self.target), folder=full(self.folder),
                        sources=tuple(os.path.abspath(s) for s in self.sources),
                        target_mask=full(self.target_mask), source_mask=full(self.source_mask),
-                       qa_folder=full(self.qa_folder))
+                       qa_folder=full(self.qa_folder), log_folder=full(self.log_folder))
 
 
-def _output_candidates(source: str, folder: str, qa_folder: str | None = None) -> list[str]:
+def _log_path(source: str, log_folder: str | None) -> str | None:
+    if log_folder is None:
+        return None
+    return os.path.join(log_folder, f"{Path(source).stem}{LOG_SUFFIX}")
+
+
+def _output_candidates(source: str, folder: str, qa_folder: str | None = None,
+                       log_folder: str | None = None) -> list[str]:
     """Every name the outputs of ``source`` may get (the extension depends on its pixels)."""
     stem, ext = Path(source).stem, Path(source).suffix
     names = [f"{stem}_aligned{e}" for e in dict.fromkeys((ext, ".png", ".tif")) if e]
     paths = [os.path.join(folder, name) for name in [*names, f"{stem}_aligned.json"]]
     if qa_folder is not None:
         paths.append(os.path.join(qa_folder, f"{stem}{QA_SUFFIX}"))
+    if log_folder is not None:
+        paths.append(os.path.join(log_folder, f"{stem}{LOG_SUFFIX}"))
     return paths
 
 
 def plan_batch(target: str, specs: Iterable[str], folder: str,
                options: AlignOptions | None = None, target_mask: str | None = None,
                source_mask: str | None = None, *, qa_folder: str | None = None,
-               max_pixels: int = io.DEFAULT_MAX_PIXELS) -> Batch:
+               max_pixels: int = io.DEFAULT_MAX_PIXELS, log_folder: str | None = None) -> Batch:
     """Expand the sources and check that no output overwrites another, or an input.
 
     Reads no image: this is about names only.
@@ -268,6 +287,8 @@ def plan_batch(target: str, specs: Iterable[str], folder: str,
         Draw a QA picture of each source there (it need not exist yet).
     max_pixels : int
         The largest image read (see :class:`Batch`).
+    log_folder : str, optional
+        Write the iteration log of each source there (it need not exist yet).
 
     Returns
     -------
@@ -297,7 +318,7 @@ def plan_batch(target: str, specs: Iterable[str], folder: str,
         raise BatchError(f"{inputs[results]}: the results table would overwrite an input; "
                          "choose another output folder (-o)")
     for source in sources:
-        for candidate in _output_candidates(source, folder, qa_folder):
+        for candidate in _output_candidates(source, folder, qa_folder, log_folder):
             hit = inputs.get(os.path.realpath(candidate))
             if hit is not None:
                 raise BatchError(
@@ -306,7 +327,8 @@ def plan_batch(target: str, specs: Iterable[str], folder: str,
                     "sources")
     return Batch(os.fspath(target), tuple(sources), os.fspath(folder),
                  options if options is not None else AlignOptions(), target_mask, source_mask,
-                 None if qa_folder is None else os.fspath(qa_folder), max_pixels)
+                 None if qa_folder is None else os.fspath(qa_folder), max_pixels,
+                 None if log_folder is None else os.fspath(log_folder))
 
 
 def _as_file_error(exc: InputError, loaded: pipeline.Loaded) -> io.ImageError:
@@ -353,8 +375,8 @@ def _make_folder(folder: str, what: str) -> None:
 
 
 def prepare_folder(batch: Batch) -> None:
-    """Create the output folder (and its parents), and the QA folder, and check that they can
-    be written.
+    """Create the output folder (and its parents), and the QA and log folders, and check that
+    they can be written.
 
     Raises
     ------
@@ -367,6 +389,10 @@ def prepare_folder(batch: Batch) -> None:
         _make_folder(batch.qa_folder, "QA folder")
         for source in batch.sources[:1]:  # one probe tells whether the folder takes files
             io.check_output_path(os.fspath(batch.qa_path(source)))
+    if batch.log_folder is not None:
+        _make_folder(batch.log_folder, "log folder")
+        for source in batch.sources[:1]:
+            io.check_output_path(os.fspath(batch.log_path(source)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,7 +492,8 @@ def _failed_row(source: str, reason: str) -> dict[str, Any]:
 
 def align_source(target: str, target_mask: str | None, source: str, source_mask: str | None,
                  folder: str, options: AlignOptions, qa_folder: str | None = None,
-                 max_pixels: int = io.DEFAULT_MAX_PIXELS) -> dict[str, Any]:
+                 max_pixels: int = io.DEFAULT_MAX_PIXELS,
+                 log_folder: str | None = None) -> dict[str, Any]:
     """Align one source of a batch and write its outputs: the task a worker runs.
 
     Takes paths only and returns a small row (never the arrays), so it pickles cheaply to a
@@ -485,6 +512,9 @@ def align_source(target: str, target_mask: str | None, source: str, source_mask:
         arrays the task has in memory (it exists).
     max_pixels : int
         The largest image (and mask) read.
+    log_folder : str, optional
+        Also write the source's iteration log there, ``<log_folder>/<stem>_log.csv`` (it
+        exists).
 
     Returns
     -------
@@ -501,11 +531,12 @@ def align_source(target: str, target_mask: str | None, source: str, source_mask:
         loaded_source = _read_source(source, source_mask, max_pixels)
         qa = (None if qa_folder is None
               else os.path.join(qa_folder, f"{Path(source).stem}{QA_SUFFIX}"))
+        log = _log_path(source, log_folder)
         out_image, out_params = pipeline.plan_outputs(
             loaded_source, None, None, loaded_target.paths() + loaded_source.paths(),
-            folder=folder, fill=options.fill, qa=qa)
+            folder=folder, fill=options.fill, qa=qa, log=log)
         outcome = pipeline.run_pair(loaded_target, loaded_source, out_image, out_params, options,
-                                    qa=qa)
+                                    qa=qa, log=log)
     except io.ImageError as exc:
         return _failed_row(source, str(exc))
     except InputError as exc:
@@ -654,10 +685,11 @@ def finished_row(batch: Batch, source: str) -> dict[str, Any] | None:
 
     Complete: its parameter file parses, names this source and this target, and the aligned
     image it names exists; when the batch draws QA pictures, the parameter file also names
-    this source's picture (``"qa"``) and it exists. The outputs are written atomically and as
+    this source's picture (``"qa"``) and it exists, and when it writes iteration logs, names
+    this source's log (``"log"``) and it exists. The outputs are written atomically and as
     a set, the parameter file last, so they are whole or absent; a JSON without its image (a
-    crash between the renames) is not complete, nor is one written by a run without pictures.
-    The row is rebuilt from the JSON, so it is the row the earlier run wrote.
+    crash between the renames) is not complete, nor is one written by a run without pictures
+    (or logs). The row is rebuilt from the JSON, so it is the row the earlier run wrote.
 
     Parameters
     ----------
@@ -678,6 +710,9 @@ def finished_row(batch: Batch, source: str) -> dict[str, Any] | None:
         return None
     qa = batch.qa_path(source)
     if qa is not None and not (_same_file(document.get("qa"), qa) and os.path.isfile(qa)):
+        return None
+    log = batch.log_path(source)
+    if log is not None and not (_same_file(document.get("log"), log) and os.path.isfile(log)):
         return None
     return row_from_document(document)
 
@@ -800,7 +835,8 @@ def run_batch(batch: Batch, executor: Any, *, skip_existing: bool = False,
             table.flush()
             todo = remaining
         tasks = ((source, (batch.target, batch.target_mask, source, batch.source_mask,
-                           batch.folder, batch.options, batch.qa_folder, batch.max_pixels))
+                           batch.folder, batch.options, batch.qa_folder, batch.max_pixels,
+                           batch.log_folder))
                  for source in todo)
         broken: list[BaseException] = []  # a list, so the stop below sees it change
         lost: list[str] = []  # tasks a broken pool took with it
@@ -852,7 +888,7 @@ def _settle_lost(batch: Batch, source: str, since_ns: int) -> dict[str, Any]:
     their row; otherwise the temporaries and every output of the source are removed (the batch
     was to replace them) and the row says the task was lost.
     """
-    candidates = _output_candidates(source, batch.folder, batch.qa_folder)
+    candidates = _output_candidates(source, batch.folder, batch.qa_folder, batch.log_folder)
     for path in candidates:
         folder, name = os.path.split(path)
         pattern = os.path.join(glob.escape(folder or "."), glob.escape(f".{name}.") + "*.part")

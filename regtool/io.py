@@ -1397,3 +1397,8 @@ class OutputSet:
         write_json(path, document)
         self.written.append(Path(path))
 
+    def write_text(self, path: PathLike, text: str) -> None:
+        """Write a text file with :func:`write_text` and remember it."""
+        write_text(path, text)
+        self.written.append(Path(path))
+

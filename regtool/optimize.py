@@ -10,15 +10,28 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import loss as L
 from .transform import about_center, center_params, max_displacement, rigid_matrix, rigid_params
 
-__all__ = ["LevelOutcome", "SOLVERS", "gauss_newton", "scaled_gd", "plain_gd", "DEFAULT_MAX_ITER"]
+__all__ = ["LevelOutcome", "IterationLog", "SOLVERS", "gauss_newton", "scaled_gd", "plain_gd",
+           "DEFAULT_MAX_ITER"]
 
 DEFAULT_MAX_ITER = {"gauss-newton": 50, "scaled": 300, "gd": 300}
+
+#: What a solver's ``log`` callback receives once per iteration, as a dict with the keys
+#: ``iteration`` (1, 2, ...: the ``iterations`` a :class:`LevelOutcome` counts), ``loss`` (the
+#: reported loss at the point the iteration evaluated; NaN when the overlap was lost there),
+#: ``step_px`` (the largest displacement, in the level's pixels, of the step the iteration
+#: took; None when it took none), ``damping`` (``gauss_newton``: the Levenberg-Marquardt
+#: lambda of that step; ``scaled_gd``: its step length alpha; ``plain_gd``: the fixed rate) and
+#: ``accepted`` (False when the point raised the objective and was rejected: only
+#: ``gauss_newton`` rejects points, the others' line search or fixed rate never does; False too
+#: on a row that ends the level in failure: the overlap lost, ``plain_gd`` diverging).
+IterationLog = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -37,6 +50,14 @@ class LevelOutcome:
     hessian: np.ndarray | None = None
     objective: float = math.nan
     gradient_noise: np.ndarray | None = None
+
+
+def _note(log: IterationLog, iteration: int, loss: float, step_px: float | None,
+          damping: float, accepted: bool) -> None:
+    """One iteration for a solver's ``log`` (see :data:`IterationLog`)."""
+    log({"iteration": iteration, "loss": float(loss),
+         "step_px": None if step_px is None else float(step_px), "damping": float(damping),
+         "accepted": bool(accepted)})
 
 
 def _overlap_fail(frac: float, min_overlap: float) -> str:
@@ -58,7 +79,8 @@ def _gradient_noise(level: L.LevelImages, center: tuple[float, float], valid: np
 
 
 def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
-                 metric: str, tol: float, max_iter: int, min_overlap: float) -> LevelOutcome:
+                 metric: str, tol: float, max_iter: int, min_overlap: float, *,
+                 log: IterationLog | None = None) -> LevelOutcome:
     """Inverse-compositional Gauss-Newton with Levenberg-Marquardt damping.
 
     The steepest-descent images ``grad f . dPsi/dp`` and the Hessian ``J^T J`` depend only on the
@@ -66,6 +88,10 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
     one sampling of the source and a 3xN product. Points leaving the overlap are subtracted from
     the precomputed Hessian instead of rebuilding it. A step that raises the objective by more
     than rounding and the model's own predicted gain is rejected and retried with more damping.
+
+    ``log``, when given, is called once per iteration (see :data:`IterationLog`); a rejected
+    point's row has ``accepted`` False, and its ``step_px`` and ``damping`` are those of the
+    retried step, taken again from the last accepted point with the raised lambda.
     """
     tv = level.target_valid
     n_target = int(np.count_nonzero(tv))
@@ -108,6 +134,8 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
         n_valid = int(np.count_nonzero(valid))  # valid lies within tv
         overlap = float(n_valid) / max(n_target, 1)
         if overlap < min_overlap:
+            if log is not None:
+                _note(log, it, math.nan, None, lam, False)
             return LevelOutcome(m, it, best_loss, False, _overlap_fail(overlap, min_overlap),
                                 overlap)
         if rc is None:
@@ -128,7 +156,10 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
                 prev = (m_prev, h_prev, b_prev, prev[3], pred)
                 inv = np.linalg.inv(about_center(*step, center))
                 m = m_prev @ inv
-                if max_displacement(inv, level.shape) < tol:
+                moved = max_displacement(inv, level.shape)
+                if log is not None:
+                    _note(log, it, res.loss, moved, lam, False)
+                if moved < tol:
                     return outcome(m_prev, True, None)
                 continue
         lam *= 0.1
@@ -152,6 +183,8 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
         try:
             step = np.linalg.solve(h + lam * np.diag(np.diag(h)), b)
         except np.linalg.LinAlgError:
+            if log is not None:
+                _note(log, it, res.loss, None, lam, True)
             return LevelOutcome(m, it, best_loss, False, "the image has no texture to align on",
                                 overlap)
         pred = (2 * b @ step - step @ h @ step) / res.count
@@ -159,18 +192,26 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
         inv = np.linalg.inv(about_center(*step, center))
         m = m @ inv
         # M is an isometry, so the image moves by exactly as much as the update moves x.
-        if max_displacement(inv, level.shape) < tol:
+        moved = max_displacement(inv, level.shape)
+        if log is not None:
+            _note(log, it, res.loss, moved, lam, True)
+        if moved < tol:
             return outcome(m, True, None)
     return outcome(m, False, f"did not converge in {max_iter} iterations")
 
 
 def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
-              metric: str, tol: float, max_iter: int, min_overlap: float) -> LevelOutcome:
+              metric: str, tol: float, max_iter: int, min_overlap: float, *,
+              log: IterationLog | None = None) -> LevelOutcome:
     """Gradient descent on ``(sx, sy, rho * theta)`` about the center, with Armijo backtracking.
 
     ``rho`` is the RMS distance of the target's pixels from the center, so one unit of each
     parameter moves the image by about one pixel. Each trial step length comes from the
     Barzilai-Borwein secant rule; the Armijo line search guarantees the loss never rises.
+
+    ``log``, when given, is called once per iteration (see :data:`IterationLog`), with the
+    step length alpha the line search settled on as ``damping``; every row is accepted, and
+    the last has no step when the line search found no descent.
     """
     shape = level.shape
     n_target = int(np.count_nonzero(level.target_valid))
@@ -192,6 +233,8 @@ def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, flo
 
     res, grad, overlap = evaluate(params, True)
     if grad is None:
+        if log is not None:
+            _note(log, 1, math.nan, None, math.nan, False)
         return LevelOutcome(about_center(*params, center), 1, math.inf, False,
                             _overlap_fail(overlap, min_overlap), overlap)
     alpha = None
@@ -202,6 +245,8 @@ def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, flo
         direction = -precond * grad
         unit = max_displacement(about_center(*direction, center), shape)
         if unit == 0.0:
+            if log is not None:
+                _note(log, it, res.loss, 0.0, math.nan if alpha is None else alpha, True)
             return LevelOutcome(about_center(*params, center), it, res.loss, True, None, overlap)
         if alpha is None:
             alpha = 1.0 / unit  # first trial moves the image by one pixel at most
@@ -227,6 +272,8 @@ def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, flo
             if alpha * unit < 1e-3 * tol:
                 break
         moved = alpha * unit
+        if log is not None:
+            _note(log, it, res.loss, moved if accepted else None, alpha, True)
         if not accepted:
             # No descent at a step far below the tolerance: this is the minimum.
             return LevelOutcome(about_center(*params, center), it, res.loss, True, None, overlap)
@@ -243,13 +290,17 @@ def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, flo
 
 
 def plain_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
-             metric: str, tol: float, max_iter: int, min_overlap: float) -> LevelOutcome:
+             metric: str, tol: float, max_iter: int, min_overlap: float, *,
+             log: IterationLog | None = None) -> LevelOutcome:
     """The naive method: fixed-step gradient descent on the seed's (tx, ty, theta).
 
     Rotation is about the origin (the top-left pixel) and one learning rate serves all three
     parameters. The rate is the one that suits translation (half a Newton step for a shift); the
     rotation's lever arm of up to the image diagonal then makes theta overshoot. Kept as the
     baseline that shows why regtool preconditions; ``center`` is ignored on purpose.
+
+    ``log``, when given, is called once per iteration (see :data:`IterationLog`) with the
+    fixed rate as ``damping``; every step is taken, so every row is accepted.
     """
     shape = level.shape
     n_target = int(np.count_nonzero(level.target_valid))
@@ -265,21 +316,33 @@ def plain_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
         valid = level.overlap(m)
         overlap = float(np.count_nonzero(valid)) / max(n_target, 1)
         if overlap < min_overlap:
+            if log is not None:
+                _note(log, it, math.nan, None, rate, False)
             return LevelOutcome(m, it, loss_value, False, _overlap_fail(overlap, min_overlap),
                                 overlap)
         res, grad = L.loss_and_gradient(level, m, True, origin, metric)
         if grad is None or not np.all(np.isfinite(grad)):
+            if log is not None:
+                _note(log, it, res.loss, None, rate, False)
             return LevelOutcome(m, it, loss_value, False, "gradient descent diverged", overlap)
         loss_value = res.loss
         new = params - rate * grad
         delta = np.linalg.inv(m) @ rigid_matrix(*new)
         params = new
-        if max_displacement(delta, shape) < tol:
+        moved = max_displacement(delta, shape)
+        if log is not None:
+            _note(log, it, loss_value, moved, rate, True)
+        if moved < tol:
             return LevelOutcome(rigid_matrix(*params), it, loss_value, True, None, overlap)
     return LevelOutcome(rigid_matrix(*params), max_iter, loss_value, False,
                         f"did not converge in {max_iter} iterations", overlap)
 
 
-Solver = Callable[[L.LevelImages, np.ndarray, tuple[float, float], str, float, int, float],
-                  LevelOutcome]
+class Solver(Protocol):
+    """The signature the three solvers share."""
+
+    def __call__(self, level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
+                 metric: str, tol: float, max_iter: int, min_overlap: float, *,
+                 log: IterationLog | None = None) -> LevelOutcome: ...
+
 SOLVERS: dict[str, Solver] = {"gauss-newton": gauss_newton, "scaled": scaled_gd, "gd": plain_gd}

@@ -20,8 +20,11 @@ from . import io
 from .errors import InputError
 from .register import DEFAULT_METRIC, DEFAULT_OPTIMIZER
 
-__all__ = ["AlignOptions", "Loaded", "PairOutcome", "Comparison", "read_input", "plan_outputs",
-           "run_pair", "compare_transforms"]
+__all__ = ["AlignOptions", "Loaded", "PairOutcome", "Comparison", "LOG_COLUMNS", "read_input",
+           "plan_outputs", "run_pair", "log_text", "compare_transforms"]
+
+#: the columns of an iteration log (``--log``), one row per :class:`regtool.IterationRecord`
+LOG_COLUMNS = ("level", "iteration", "loss", "step_px", "damping", "accepted", "elapsed_ms")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class PairOutcome:
     reason: str | None
     result: Any = field(default=None, repr=False)  # the regtool.Result
     out_qa: str | None = None  # the QA picture, when one was asked for
+    out_log: str | None = None  # the iteration log, when one was asked for
 
 
 def read_input(path: str, mask_path: str | None, which: str, *,
@@ -111,7 +115,8 @@ def read_input(path: str, mask_path: str | None, which: str, *,
 
 def plan_outputs(source: Loaded, output: str | None, params: str | None,
                  inputs: Iterable[str], folder: str = ".",
-                 fill: float = 0.0, qa: str | None = None) -> tuple[str, str]:
+                 fill: float = 0.0, qa: str | None = None,
+                 log: str | None = None) -> tuple[str, str]:
     """Choose and check the outputs of one pair before any work is done.
 
     Parameters
@@ -130,6 +135,8 @@ def plan_outputs(source: Loaded, output: str | None, params: str | None,
     qa : str, optional
         The QA picture (:func:`regtool.qa.pair_panel`, an RGB image: ``.png``, ``.tif`` or
         ``.jpg``), checked like the other two.
+    log : str, optional
+        The iteration log (:func:`log_text`, a CSV table), checked like the others.
 
     Returns
     -------
@@ -160,7 +167,45 @@ def plan_outputs(source: Loaded, output: str | None, params: str | None,
             if os.path.realpath(qa) == os.path.realpath(other):
                 raise io.ImageError(qa, f"the QA picture would overwrite {what}; give it "
                                     "another name")
+    if log is not None:
+        io.check_output_path(log, inputs)
+        for other, what in ((out_image, "the aligned image"), (out_params, "the parameter file"),
+                            (qa, "the QA picture")):
+            if other is not None and os.path.realpath(log) == os.path.realpath(other):
+                raise io.ImageError(log, f"the iteration log would overwrite {what}; give it "
+                                    "another name")
     return out_image, out_params
+
+
+def _log_cell(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return format(value, spec)
+
+
+def log_text(records: Iterable[Any]) -> str:
+    """The iteration log as CSV text: the header :data:`LOG_COLUMNS`, then a row per record.
+
+    Parameters
+    ----------
+    records : iterable of regtool.IterationRecord
+        In the order :func:`regtool.align` reported them (coarsest level first).
+
+    Returns
+    -------
+    str
+        Newline-terminated lines. ``loss`` has 9 significant digits, ``step_px`` and
+        ``damping`` 4, ``elapsed_ms`` is rounded to 0.001 ms; ``accepted`` is ``true`` or
+        ``false``; no value (a step not taken, a loss where the overlap was lost) is empty.
+    """
+    lines = [",".join(LOG_COLUMNS)]
+    for r in records:
+        lines.append(",".join((str(int(r.level)), str(int(r.iteration)), _log_cell(r.loss, ".9g"),
+                               _log_cell(r.step_px, ".4g"), _log_cell(r.damping, ".4g"),
+                               _log_cell(r.accepted, ""), _log_cell(r.elapsed_ms, ".3f"))))
+    return "\n".join(lines) + "\n"
 
 
 def _input_error(exc: InputError, target: Loaded, source: Loaded) -> Exception:
@@ -177,7 +222,7 @@ def _input_error(exc: InputError, target: Loaded, source: Loaded) -> Exception:
 def run_pair(target: Loaded, source: Loaded, out_image: str, out_params: str,
              options: AlignOptions,
              progress: Callable[[Any, int, int], None] | None = None,
-             qa: str | None = None) -> PairOutcome:
+             qa: str | None = None, log: str | None = None) -> PairOutcome:
     """Align ``source`` to ``target``, then write the aligned image and its parameters.
 
     The outputs are written atomically and as a unit (:class:`regtool.io.OutputSet`): a
@@ -197,6 +242,10 @@ def run_pair(target: Loaded, source: Loaded, out_image: str, out_params: str,
         Also draw the QA picture (:func:`regtool.qa.pair_panel`) from the arrays at hand and
         write it there, checked by :func:`plan_outputs`. It is written before the parameter
         file, which names it (``"qa"``): a parameter file on disk vouches for its picture.
+    log : str, optional
+        Also write the iteration log there (:func:`log_text`: a row per iteration of every
+        level), checked by :func:`plan_outputs`; like the picture, before the parameter file,
+        which names it (``"log"``).
 
     Returns
     -------
@@ -211,9 +260,11 @@ def run_pair(target: Loaded, source: Loaded, out_image: str, out_params: str,
     """
     import regtool  # looked up at call time, so a caller (or a test) sees one align
 
+    records: list[Any] = []
     try:
         result = regtool.align(target.image, source.image, target_mask=target.mask,
                                source_mask=source.mask, progress=progress,
+                               log=None if log is None else records.append,
                                **options.align_kwargs())
     except InputError as exc:
         raise _input_error(exc, target, source) from None
@@ -225,16 +276,18 @@ def run_pair(target: Loaded, source: Loaded, out_image: str, out_params: str,
         panel = pair_panel(target.image, source.image, result, target_mask=target.mask,
                            source_mask=source.mask)
     doc: dict[str, Any] = {"target": target.path, "source": source.path, "output": out_image,
-                           "qa": qa, "target_mask": target.mask_path,
+                           "qa": qa, "log": log, "target_mask": target.mask_path,
                            "source_mask": source.mask_path}
     doc.update(result.to_dict())
     with io.OutputSet() as outputs:
         outputs.write_image(out_image, aligned)
         if panel is not None:
             outputs.write_image(qa, panel)
+        if log is not None:
+            outputs.write_text(log, log_text(records))
         outputs.write_json(out_params, doc)
     return PairOutcome(doc, out_image, out_params, bool(result.converged), result.reason, result,
-                       qa)
+                       qa, log)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from . import uncertainty as U
 from .errors import InputError
 from .optimize import DEFAULT_MAX_ITER, SOLVERS
 from .prepare import luminance
-from .result import LevelRecord, Result
+from .result import IterationRecord, LevelRecord, Result
 from .transform import (
     center_params,
     from_level,
@@ -34,8 +34,8 @@ from .transform import (
     to_level,
 )
 
-__all__ = ["align", "Result", "LevelRecord", "OPTIMIZERS", "METRICS", "DEFAULT_OPTIMIZER",
-           "DEFAULT_METRIC"]
+__all__ = ["align", "Result", "LevelRecord", "IterationRecord", "OPTIMIZERS", "METRICS",
+           "DEFAULT_OPTIMIZER", "DEFAULT_METRIC"]
 
 OPTIMIZERS = ("gauss-newton", "scaled", "gd")
 METRICS = ("ssd", "ncc")
@@ -160,8 +160,14 @@ def _schedule(n_levels: int, searched: int | None) -> list[int]:
 
 def _descend(pyr: _Pyramids, schedule: list[int], m: np.ndarray, prepared: dict[int, Any],
              solver: Any, metric: str, tol: float, iters: int, min_overlap: float,
-             progress: Callable[[LevelRecord, int, int], None] | None) -> _Descent:
-    """Solve level by level along ``schedule``, handing each result down."""
+             progress: Callable[[LevelRecord, int, int], None] | None, *,
+             log: Callable[[IterationRecord], None] | None = None,
+             t_start: float = 0.0) -> _Descent:
+    """Solve level by level along ``schedule``, handing each result down.
+
+    ``log`` receives each iteration of each level (:class:`IterationRecord`), its step in
+    level-0 pixels and its time since ``t_start`` (a :func:`time.perf_counter` value).
+    """
     records: list[LevelRecord] = []
     converged, reason, loss_value = False, None, math.inf
     finest = None
@@ -175,7 +181,8 @@ def _descend(pyr: _Pyramids, schedule: list[int], m: np.ndarray, prepared: dict[
             level = pyr.level(k, margin)
         center = image_center(pyr.f[k].shape)
         level_tol = tol if k == 0 else max(tol, COARSE_TOL)
-        out = solver(level, to_level(m, k), center, metric, level_tol, iters, min_overlap)
+        out = solver(level, to_level(m, k), center, metric, level_tol, iters, min_overlap,
+                     log=None if log is None else _level_log(log, k, t_start))
         answers[k] = out
         if k <= 1:
             levels[k] = level
@@ -200,6 +207,19 @@ def _descend(pyr: _Pyramids, schedule: list[int], m: np.ndarray, prepared: dict[
     if reason is not None and reason.startswith("did not converge") and records:
         reason = f"{reason} at level {records[-1].level}"
     return _Descent(m, records, converged, reason, loss_value, finest, answer_level)
+
+
+def _level_log(log: Callable[[IterationRecord], None], k: int, t_start: float
+               ) -> Callable[[dict[str, Any]], None]:
+    """A solver's ``log`` at level ``k`` that hands ``log`` level-0 records."""
+    scale = 2.0**k
+
+    def note(row: dict[str, Any]) -> None:
+        step = row["step_px"]
+        log(IterationRecord(k, row["iteration"], row["loss"],
+                            None if step is None else step * scale, row["damping"],
+                            row["accepted"], 1e3 * (time.perf_counter() - t_start)))
+    return note
 
 
 def _level1_is_better(answers: dict[int, Any], shape: tuple[int, int]) -> bool:
@@ -271,6 +291,7 @@ def align(
     target_mask: np.ndarray | None = None,
     source_mask: np.ndarray | None = None,
     progress: Callable[[LevelRecord, int, int], None] | None = None,
+    log: Callable[[IterationRecord], None] | None = None,
 ) -> Result:
     """Find the rigid transform that best maps ``target``'s pixels onto ``source``.
 
@@ -314,6 +335,11 @@ def align(
         infinite and fully transparent pixels, which are always left out.
     progress : callable, optional
         Called as ``progress(record, index, total)`` after each level.
+    log : callable, optional
+        Called as ``log(record)`` after each iteration of each level, with an
+        :class:`IterationRecord` (level, iteration, loss, step in full-resolution pixels,
+        damping, accepted, milliseconds since the call): what to look at when a registration
+        goes wrong. It changes nothing in the result.
 
     Returns
     -------
@@ -364,7 +390,8 @@ def align(
     init_info.update(tx=tx0, ty=ty0, theta_deg=math.degrees(th0))
 
     descent = _descend(pyr, _schedule(n_levels, k_search if auto else None), m, prepared,
-                       SOLVERS[optimizer], metric, tol, iters, min_overlap, progress)
+                       SOLVERS[optimizer], metric, tol, iters, min_overlap, progress, log=log,
+                       t_start=t_start)
     tx, ty, theta = rigid_params(descent.matrix)
     m = rigid_matrix(tx, ty, theta)  # re-orthonormalize what round-off left
     quality = Q.assess(f, f_mask, g, g_mask, m)

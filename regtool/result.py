@@ -1,4 +1,5 @@
-"""What :func:`regtool.align` returns: the Result, its per-level records, and their JSON."""
+"""What :func:`regtool.align` returns: the Result, its per-level records, and their JSON;
+and the per-iteration records it reports to ``log``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ._version import __version__
 from .resample import warp as _warp
 from .uncertainty import Uncertainty
 
-__all__ = ["Result", "LevelRecord"]
+__all__ = ["Result", "LevelRecord", "IterationRecord"]
 
 
 @dataclass
@@ -35,6 +36,47 @@ class LevelRecord:
             "converged": bool(self.converged),
             "time_s": round(float(self.time_s), 6),
         }
+
+
+@dataclass(frozen=True)
+class IterationRecord:
+    """One iteration of one level's solve, as :func:`regtool.align` reports it to ``log``.
+
+    Attributes
+    ----------
+    level : int
+        The pyramid level (0 is the full-resolution image).
+    iteration : int
+        1, 2, ... within the level; a level's last is its :attr:`LevelRecord.iterations`.
+    loss : float
+        The metric's loss at the point the iteration evaluated (as :attr:`Result.loss`); NaN
+        when the overlap was lost there.
+    step_px : float or None
+        The largest displacement of any pixel by the step the iteration took, in pixels of the
+        full-resolution image (the level's pixels times ``2**level``); None when it took none.
+        A level stops when it falls below its tolerance.
+    damping : float
+        ``gauss-newton``: the Levenberg-Marquardt lambda of the step (0 is a pure Gauss-Newton
+        step; it rises tenfold at each rejected point and falls tenfold at each accepted one);
+        ``scaled``: the step length alpha the line search settled on; ``gd``: the fixed rate.
+    accepted : bool
+        False when the point raised the objective and was rejected (``gauss-newton`` only):
+        the step is then retried from the last accepted point, with more damping. The
+        objective is ``mean(e**2)`` (:class:`regtool.loss.Residual`): ``loss`` itself for
+        ``ssd``, ``2 var(f) (1 - ncc)`` over the overlap for ``ncc``, so there a rejected
+        point's loss may be a little lower. False too on a row that ends the level in failure
+        (the overlap lost: no loss; ``gd`` diverging).
+    elapsed_ms : float
+        Milliseconds since :func:`regtool.align` was called.
+    """
+
+    level: int
+    iteration: int
+    loss: float
+    step_px: float | None
+    damping: float
+    accepted: bool
+    elapsed_ms: float
 
 
 def _num(x: float) -> float | None:

@@ -87,11 +87,13 @@ Examples:
   regtool align t.png s.png --target-mask no_scale_bar.png --source-mask no_scale_bar.png
   regtool align t.png s.png --min-overlap 0.1
   regtool align t.png s.png --qa check.png   # a picture: overlays before/after, difference
+  regtool align t.png s.png --log run.csv    # a row per iteration: loss, step, damping
   regtool align t.png s.png --expect expected.json --tolerance 0.05 --quiet   # CI
   regtool align ref.tif frames/ -o out/ -j 4        # every image of frames/
   regtool align ref.tif 'frames/*.tif' --skip-existing  # resume into ./aligned/
   regtool align ref.tif frames/ --scheduler tcp://10.0.0.5:8786  # a Dask cluster
   regtool align ref.tif frames/ -o out/ --qa-dir out/qa/  # a picture per source
+  regtool align ref.tif frames/ -o out/ --log-dir out/logs/  # an iteration log per source
 """
 
 
@@ -233,6 +235,13 @@ def _summary(doc: dict[str, Any], out_image: str, out_params: str) -> str:
 @click.option("--qa-dir", metavar="DIR",
               help="In a batch, write each source's QA picture to DIR/<stem>_qa.png "
                    "(created if needed).")
+@click.option("--log", "log", metavar="FILE.csv",
+              help="Also write the iteration log: a row per iteration of every level (level, "
+                   "iteration, loss, step in pixels, damping, accepted, elapsed ms). One pair "
+                   "only.")
+@click.option("--log-dir", metavar="DIR",
+              help="In a batch, write each source's iteration log to DIR/<stem>_log.csv "
+                   "(created if needed).")
 @click.option("--expect", metavar="PARAMS.json",
               help="Compare the transform found with this one (a regtool align JSON, or tx, "
                    "ty, theta_deg): exit 1 when they are further apart than --tolerance. One "
@@ -263,6 +272,8 @@ def align_command(
     scheduler: str | None,
     qa: str | None,
     qa_dir: str | None,
+    log: str | None,
+    log_dir: str | None,
     expect: str | None,
     tolerance: float,
     max_pixels: int,
@@ -290,13 +301,16 @@ def align_command(
         if qa is not None:
             raise Failure("--qa names the picture of one pair; in a batch, --qa-dir DIR "
                           "writes one per source (DIR/<stem>_qa.png)")
+        if log is not None:
+            raise Failure("--log names the iteration log of one pair; in a batch, --log-dir "
+                          "DIR writes one per source (DIR/<stem>_log.csv)")
         if expect is not None:
             raise Failure("--expect checks the transform of one pair; in a batch each source "
                           "has its own (see results.csv), so run one regtool align --expect "
                           "per pair")
         return _align_batch(target, sources, output, params, as_json, jobs, skip_existing,
                             scheduler, target_mask, source_mask, quiet, options, qa_dir,
-                            max_pixels)
+                            max_pixels, log_dir=log_dir)
     for flag, given in (("--skip-existing", skip_existing), ("--scheduler", scheduler)):
         if given:
             raise Failure(f"{flag} applies to batches (several sources, a folder or a glob "
@@ -304,9 +318,12 @@ def align_command(
     if qa_dir is not None:
         raise Failure("--qa-dir applies to batches (several sources, a folder or a glob "
                       "pattern); for one pair, --qa FILE.png names the picture")
+    if log_dir is not None:
+        raise Failure("--log-dir applies to batches (several sources, a folder or a glob "
+                      "pattern); for one pair, --log FILE.csv names the iteration log")
     return _align_pair(target, sources[0], output, params, as_json, target_mask, source_mask,
                        quiet, options, qa=qa, expect=expect, tolerance=tolerance,
-                       max_pixels=max_pixels)
+                       max_pixels=max_pixels, log=log)
 
 
 def _read_expected(expect: str, target: Any, source: Any) -> Any:
@@ -346,7 +363,7 @@ def _align_pair(target: str, source: str, output: str | None, params: str | None
                 as_json: bool, target_mask: str | None, source_mask: str | None, quiet: bool,
                 options: Any, *, qa: str | None = None, expect: str | None = None,
                 tolerance: float = DEFAULT_TOLERANCE,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+                max_pixels: int = DEFAULT_MAX_PIXELS, log: str | None = None) -> int:
     """One pair, in this process: the summary (or the document) on stdout."""
     import regtool
     from regtool import io, pipeline
@@ -362,14 +379,14 @@ def _align_pair(target: str, source: str, output: str | None, params: str | None
         inputs = loaded_target.paths() + loaded_source.paths() + (
             [expect] if expect is not None else [])
         out_image, out_params = pipeline.plan_outputs(loaded_source, output, params, inputs,
-                                                      fill=options.fill, qa=qa)
+                                                      fill=options.fill, qa=qa, log=log)
     except io.ImageError as exc:
         raise Failure(str(exc)) from None
 
     bar = _LevelBar(enabled=not quiet and stderr_is_terminal())
     try:
         outcome = pipeline.run_pair(loaded_target, loaded_source, out_image, out_params,
-                                    options, progress=bar, qa=qa)
+                                    options, progress=bar, qa=qa, log=log)
     except (io.ImageError, regtool.InputError) as exc:
         raise Failure(str(exc)) from None
     finally:
@@ -386,6 +403,8 @@ def _align_pair(target: str, source: str, output: str | None, params: str | None
         text = _summary(doc, out_image, out_params)
         if qa is not None:
             text += f"\nqa         {qa}"
+        if log is not None:
+            text += f"\nlog        {log}"
         if comparison is not None:
             text += (f"\nexpected   {comparison.distance:.4g} px from {expect} (tolerance "
                      f"{comparison.tolerance:g} px): "
@@ -475,7 +494,7 @@ class _FileBar:
 
 
 def _batch_summary(tally: Any, results: str, where: str, seconds: float,
-                   qa_dir: str | None = None) -> str:
+                   qa_dir: str | None = None, log_dir: str | None = None) -> str:
     def listed(items: list[tuple[str, str]], count: int) -> list[str]:
         lines = [f"  {source}: {reason}" if not reason.startswith(source) else f"  {reason}"
                  for source, reason in items]
@@ -494,6 +513,8 @@ def _batch_summary(tally: Any, results: str, where: str, seconds: float,
               f"results        {results}",
               *([f"qa pictures    {os.path.join(qa_dir, '<stem>_qa.png')}"] if qa_dir
                 else []),
+              *([f"logs           {os.path.join(log_dir, '<stem>_log.csv')}"] if log_dir
+                else []),
               f"time           {seconds:.1f} s"]
     left = tally.total - tally.finished
     if left:
@@ -505,7 +526,7 @@ def _align_batch(target: str, sources: tuple[str, ...], output: str | None, para
                  as_json: bool, jobs: int | None, skip_existing: bool, scheduler: str | None,
                  target_mask: str | None, source_mask: str | None, quiet: bool,
                  options: Any, qa_dir: str | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, *, log_dir: str | None = None) -> int:
     """Many sources: workers, results.csv, a bar, a summary; Ctrl-C stops cleanly."""
     from regtool import batch, executors, io
 
@@ -521,7 +542,7 @@ def _align_batch(target: str, sources: tuple[str, ...], output: str | None, para
                       "image file")
     try:
         plan = batch.plan_batch(target, sources, folder, options, target_mask, source_mask,
-                                qa_folder=qa_dir, max_pixels=max_pixels)
+                                qa_folder=qa_dir, max_pixels=max_pixels, log_folder=log_dir)
         batch.check_inputs(plan)
     except (batch.BatchError, io.ImageError) as exc:
         raise Failure(str(exc)) from None
@@ -563,7 +584,8 @@ def _align_batch(target: str, sources: tuple[str, ...], output: str | None, para
             raise Failure(str(exc)) from None
 
     if not quiet:
-        click.echo(_batch_summary(tally, results, where, time.monotonic() - started, qa_dir))
+        click.echo(_batch_summary(tally, results, where, time.monotonic() - started, qa_dir,
+                                  log_dir))
     if interrupted():
         click.echo(f"regtool: interrupted: {tally.finished} of {tally.total} sources finished "
                    f"and listed in {results}; rerun with --skip-existing to do the "
