@@ -98,7 +98,7 @@ def _polar_grid(size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
 
 def _polar_spectrum(image: np.ndarray, size: int) -> np.ndarray:
     """Log-magnitude spectrum on a polar grid (radius x angle in [0, pi)), rows standardized."""
-    spec = np.abs(np.fft.fftshift(np.fft.fft2(_padded(image, (size, size)))))
+    spec = np.abs(np.fft.fftshift(sfft.fft2(_padded(image, (size, size)))))
     spec = np.log1p(spec)
     taps, weights, shape = _polar_grid(size)
     # summed in float64 and rounded to the spectrum's type, as scipy does
@@ -123,7 +123,7 @@ def rotation_candidates(target: np.ndarray, source: np.ndarray,
     pg = _polar_spectrum(_prepared(source, source_valid), size)
     # corr(tau) = sum_r sum_phi pg(r, phi) pf(r, phi - tau): peaks where g's spectrum is f's
     # turned by tau
-    corr = np.fft.irfft(np.sum(np.fft.rfft(pg, axis=1) * np.conj(np.fft.rfft(pf, axis=1)),
+    corr = sfft.irfft(np.sum(sfft.rfft(pg, axis=1) * np.conj(sfft.rfft(pf, axis=1)),
                                axis=0), n=N_ANGLES) / pf.shape[0]
     order = np.argsort(corr)[::-1]
     found: list[tuple[float, float]] = []
@@ -168,10 +168,10 @@ def phase_correlation(target: np.ndarray, moved: np.ndarray,
     """
     h, w = target.shape
     a = target_spectrum(target, target_valid) if target_fft is None else target_fft
-    b = np.fft.rfft2(_prepared(moved, moved_valid))
+    b = sfft.rfft2(_prepared(moved, moved_valid))
     cross = b * np.conj(a)
     cross /= np.abs(cross) + 1e-12 * float(np.abs(cross).max() or 1.0)
-    surface = np.fft.irfft2(cross, s=(h, w))
+    surface = sfft.irfft2(cross, s=(h, w))
     # a shift of half the image or more is indistinguishable from the opposite one: prefer
     # the smaller, which leaves the larger overlap
     iy, ix = np.unravel_index(int(np.argmax(surface)), surface.shape)
@@ -190,7 +190,7 @@ def phase_correlation(target: np.ndarray, moved: np.ndarray,
 
 def target_spectrum(target: np.ndarray, target_valid: np.ndarray | None = None) -> np.ndarray:
     """The target's transform as :func:`phase_correlation` uses it."""
-    return np.fft.rfft2(_prepared(target, target_valid))
+    return sfft.rfft2(_prepared(target, target_valid))
 
 
 def turned(source: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
