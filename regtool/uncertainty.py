@@ -54,8 +54,6 @@ MIN_BLOCKS = 24
 MAX_ENDPOINT = 1.0
 # Grid (per axis) over which the expected mean endpoint error is averaged.
 ENDPOINT_GRID = 17
-# Central-difference step (source pixels) for the source spline's gradient.
-FD_STEP = 1e-2
 
 
 @dataclass(frozen=True)
@@ -141,102 +139,81 @@ def mean_endpoint(covariance: np.ndarray, shape: tuple[int, int],
     return float(values.mean())
 
 
-def _axis_weights(x: np.ndarray, step: float, size: int
+def _axis_weights(x: np.ndarray, size: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Cubic B-spline weights along one axis at ``x``: value and central difference, float32.
+    """Cubic B-spline weights along one axis at ``x``: value and derivative, float32.
 
     Returns the value weights ``(4, n)`` of the taps ``floor(x) - 1 .. floor(x) + 2``, the
-    weights ``(4, n)`` of the central difference ``(S(x + step) - S(x - step)) / (2 step)`` on
-    the same taps, the first tap, and which points they hold for: both ``x +- step`` in the
-    interval of ``x`` (where the spline is one cubic, whose central difference is its
-    derivative plus ``step**2 / 6`` times its constant third derivative, exactly) and every tap
-    inside the image. The fraction is exact (float64); the weights are float32, as the
-    solver's samples are (:meth:`regtool.loss.LevelImages.sample_cubic`).
+    weights ``(4, n)`` of the spline's exact derivative on the same taps, the first tap, and
+    which points have every tap inside the image. The fraction is exact (float64); the weights
+    are float32, as the solver's samples are (:meth:`regtool.loss.LevelImages.sample_cubic`).
     """
     value, first = L._cubic_weights(x, np.float32)
-    t = x - np.floor(x)
-    inner = (t >= step) & (t <= 1.0 - step) & (first >= 0) & (first <= size - 4)
-    t = t.astype(np.float32)
+    inside = first.view(np.uintp) <= size - 4  # 0 <= first <= size - 4
+    t = (x - np.floor(x)).astype(np.float32)
     t2 = t * t
     u = np.float32(1.0) - t
-    # the third derivatives of the four weights are -1, 3, -3, 1
-    c = np.float32(step * step / 6.0)
     diff = np.empty((4, x.size), dtype=np.float32)
     np.multiply(u * u, np.float32(-0.5), out=diff[0])
-    diff[0] -= c
-    np.add(np.float32(0.5) * t2, c, out=diff[3])
-    np.subtract(np.float32(1.5) * t2 + np.float32(3.0) * c, np.float32(2.0) * t, out=diff[1])
+    np.multiply(t2, np.float32(0.5), out=diff[3])
+    np.subtract(np.float32(1.5) * t2, np.float32(2.0) * t, out=diff[1])
     np.add(diff[0], diff[1], out=diff[2])  # the weights sum to 0
     diff[2] += diff[3]
     np.negative(diff[2], out=diff[2])
-    return value, diff, first, inner
+    return value, diff, first, inside
 
 
-def _edge_samples(coeffs: np.ndarray, rc: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Spline value and central differences at the points :func:`_axis_weights` leaves out.
-
-    Each axis reads a 5-tap window from ``floor(x - step) - 1`` on, which holds the taps of
-    ``x``, ``x + step`` and ``x - step`` even when the difference crosses a knot; taps beyond
-    the border mirror (``c[-1] = c[1]``, scipy's ``mode="mirror"``). float64; it agrees with
-    five scipy samplings to 1e-12 at a third of their cost.
-    """
+def _border_samples(coeffs: np.ndarray, rc: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spline value and derivatives at points whose taps reach past the border (rare: a
+    sample on the margin), taps mirrored (``c[-1] = c[1]``, scipy's ``mode="mirror"``)."""
     h, w = coeffs.shape
-    m = rc.shape[1]
-    x = rc.reshape(-1)  # the rows, then the columns
-    weights, first = L._cubic_weights(np.concatenate([x, x + FD_STEP, x - FD_STEP]))
-    wv, wp, wm = weights[:, : 2 * m], weights[:, 2 * m : 4 * m], weights[:, 4 * m :]
-    fv, fp, fm = first[: 2 * m], first[2 * m : 4 * m], first[4 * m :]
-    ov = fv - fm  # 1 where x - step lies in the interval before x's, else 0
-    op = fp - fm  # 1 where x - step and x + step lie in different intervals, else 0
-    value = np.zeros((5, 2 * m))
-    np.multiply(wv, ov == 0, out=value[:4])
-    value[1:] += wv * ov
-    diff = np.zeros((5, 2 * m))
-    np.multiply(wp, op == 0, out=diff[:4])
-    diff[1:] += wp * op
-    diff[:4] -= wm
-    diff *= 1.0 / (2.0 * FD_STEP)
-    taps = np.abs(fm + np.arange(5)[:, None])
-    last = np.repeat(np.array([h - 1, w - 1]), m)
-    taps = np.where(taps > last, 2 * last - taps, taps)
-    block = coeffs.reshape(-1)[taps[:, None, :m] * w + taps[None, :, m:]].astype(np.float64)
-    along_x = np.einsum("bn,abn->an", value[:, m:], block)
-    diff_x = np.einsum("bn,abn->an", diff[:, m:], block)
-    vy, dy = value[:, :m], diff[:, :m]
+    out = []
+    weights = []
+    for axis, size in ((0, h), (1, w)):
+        value, diff, first, _ = _axis_weights(rc[axis], size)
+        taps = np.abs(first + np.arange(4)[:, None])
+        taps = np.where(taps > size - 1, 2 * (size - 1) - taps, taps)
+        out.append(taps)
+        weights.append((value, diff))
+    (vy, dy), (vx, dx) = weights
+    block = coeffs[out[0][:, None, :], out[1][None, :, :]]
+    along_x = np.einsum("bn,abn->an", vx, block)
+    diff_x = np.einsum("bn,abn->an", dx, block)
     return (np.einsum("an,an->n", vy, along_x), np.einsum("an,an->n", vy, diff_x),
             np.einsum("an,an->n", dy, along_x))
 
 
 def _source_samples(coeffs: np.ndarray, rc: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The source spline's value and central differences along x' and y' at ``rc``, float32.
+    """The source spline's value and derivatives along x' and y' at ``rc``, float32.
 
-    The central differences ``FD_STEP`` apart, not the spline's exact derivative: they are what
-    the error bars were calibrated with (the two differ by ``FD_STEP**2 / 6`` times the third
-    derivative, 1e-5 of the covariance on the benchmark's cases). One pass over a 4x4 gather
-    serves the value and both differences, in float32 (the value is rounded to float32 for the
-    residual anyway, and the differences need no more): 0.9 instead of 1.3 ms at 15000 points
-    (float64 here), against 4.6 ms for five cubic samplings with scipy. The few points whose
-    differences cross a knot or whose taps reach the border (about 4%) go through
-    :func:`_edge_samples`.
+    One 4x4 gather serves the value and both derivatives, in float32 (the value is rounded to
+    float32 for the residual anyway, and the derivatives need no more). The exact derivative,
+    where the error bars were first calibrated with central differences 0.01 px apart: the two
+    differ by 0.01**2 / 6 times the spline's third derivative, 1e-5 of the covariance on the
+    benchmark's cases, and the differences needed a second route (five scipy samplings, then
+    5-tap windows) for the 4% of points where they cross a knot. 0.8 instead of 1.3 ms at
+    15000 points (float64 central differences).
     """
     h, w = coeffs.shape
-    vy, dy, ry, in_y = _axis_weights(rc[0], FD_STEP, h)
-    vx, dx, rx, in_x = _axis_weights(rc[1], FD_STEP, w)
-    inner = in_y & in_x
+    vy, dy, ry, in_y = _axis_weights(rc[0], h)
+    vx, dx, rx, in_x = _axis_weights(rc[1], w)
+    inside = in_y & in_x
     first = ry * w
     first += rx
-    first[~inner] = 0
+    every = bool(inside.all())
+    if not every:
+        first[~inside] = 0
     block = coeffs.reshape(-1)[first + L._taps(w)].reshape(4, 4, -1)
     along_x = np.einsum("bn,abn->an", vx, block)
     diff_x = np.einsum("bn,abn->an", dx, block)
     value = np.einsum("an,an->n", vy, along_x)
     gx = np.einsum("an,an->n", vy, diff_x)
     gy = np.einsum("an,an->n", dy, along_x)
-    edge = np.flatnonzero(~inner)
-    if edge.size:
-        value[edge], gx[edge], gy[edge] = _edge_samples(coeffs, rc[:, edge])
+    if not every:
+        edge = np.flatnonzero(~inside)
+        value[edge], gx[edge], gy[edge] = _border_samples(coeffs, rc[:, edge])
     return value, gx, gy
 
 
