@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 from scipy import fft as sfft
-from scipy import ndimage
 
 from . import loss as L
 from .optimize import gauss_newton
-from .resample import ndimage_affine
+from .resample import bilinear_nan
 
 __all__ = ["Candidate", "candidates", "rotation_candidates", "phase_correlation", "rotation_about",
            "search", "target_spectrum"]
@@ -194,10 +193,8 @@ def target_spectrum(target: np.ndarray, target_valid: np.ndarray | None = None) 
 
 
 def turned(source: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """The source sampled through ``matrix`` on a grid of ``shape`` (bilinear, 0 outside)."""
-    rc, offset = ndimage_affine(matrix)
-    return ndimage.affine_transform(source, rc, offset=offset, output_shape=shape,
-                                    output=np.float32, order=1, mode="constant", cval=np.nan)
+    """The source sampled through ``matrix`` on a grid of ``shape`` (bilinear, NaN outside)."""
+    return bilinear_nan(source, matrix, shape)
 
 
 def _turned_source(target_shape: tuple[int, int], source: np.ndarray,

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from . import loss as L
 from ._filters import correlate_rows, gaussian_taps
-from .resample import ndimage_affine
+from .resample import bilinear_nan, ndimage_affine
 
 __all__ = ["Quality", "assess", "verdict", "QUALITY_GRID", "DETAIL_BANDS", "NCC_FLOOR"]
 
@@ -177,8 +177,7 @@ def _statistics(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray,
     shape = ((f.shape[0] + step - 1) // step, (f.shape[1] + step - 1) // step)
     sub = m @ np.diag([float(step), float(step), 1.0])
     rc, offset = ndimage_affine(sub)
-    warped = ndimage.affine_transform(g, rc, offset=offset, output_shape=shape,
-                                      output=np.float32, order=1, mode="constant", cval=np.nan)
+    warped = bilinear_nan(g, sub, shape)
     target = f[::step, ::step]
     valid = np.isfinite(warped)
     if f_mask is not None:
