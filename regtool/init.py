@@ -73,8 +73,9 @@ def _padded(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 @lru_cache(maxsize=16)
 def _polar_grid(size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Bilinear taps ``(4, n)`` into a shifted ``size x size`` spectrum and their weights, for
-    the polar grid (radius x angle in [0, pi)) of :func:`_polar_spectrum`, and its shape.
+    """Bilinear taps ``(4, n)`` into the half spectrum (``size x size // 2 + 1``, rfft2's) and
+    their weights, for the polar grid (radius x angle in [0, pi)) of the shifted spectrum in
+    :func:`_polar_spectrum`, and its shape.
 
     The grid depends on the size alone: computed once, the resampling is four gathers (0.03
     instead of 0.19 ms per spectrum at 75x75 with scipy's map_coordinates and the grid made
@@ -89,16 +90,30 @@ def _polar_grid(size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     cols = (c + r * np.cos(a)).ravel()
     r0, c0 = np.floor(rows), np.floor(cols)
     ty, tx = rows - r0, cols - c0
-    first = r0.astype(np.intp) * size + c0.astype(np.intp)
-    taps = np.stack([first, first + 1, first + size, first + size + 1])
+    row, col = r0.astype(np.intp), c0.astype(np.intp)
+    # The taps of the shifted spectrum, read from the half that rfft2 returns: frequency
+    # (ky, kx) sits at ((row - size // 2) mod size, (col - size // 2) mod size), and a real
+    # image's |F(ky, kx)| is |F(-ky, -kx)|, so columns past size // 2 read their mirror.
+    half = size // 2 + 1
+    taps = []
+    for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        ky = (row + dr - size // 2) % size
+        kx = (col + dc - size // 2) % size
+        mirror = kx >= half
+        ky = np.where(mirror, (-ky) % size, ky)
+        kx = np.where(mirror, size - kx, kx)
+        taps.append(ky * half + kx)
     weights = np.stack([(1 - ty) * (1 - tx), (1 - ty) * tx, ty * (1 - tx), ty * tx])
-    return taps, weights, r.shape
+    return np.stack(taps), weights, r.shape
 
 
 def _polar_spectrum(image: np.ndarray, size: int) -> np.ndarray:
-    """Log-magnitude spectrum on a polar grid (radius x angle in [0, pi)), rows standardized."""
-    spec = np.abs(np.fft.fftshift(sfft.fft2(_padded(image, (size, size)))))
-    spec = np.log1p(spec)
+    """Log-magnitude spectrum on a polar grid (radius x angle in [0, pi)), rows standardized.
+
+    From the half spectrum of rfft2 (:func:`_polar_grid` maps the taps): no full complex
+    transform, shift and magnitudes of both halves.
+    """
+    spec = np.log1p(np.abs(sfft.rfft2(_padded(image, (size, size)))))
     taps, weights, shape = _polar_grid(size)
     # summed in float64 and rounded to the spectrum's type, as scipy does
     polar = np.einsum("kn,kn->n", spec.reshape(-1)[taps], weights).astype(spec.dtype)

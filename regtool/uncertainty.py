@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -98,6 +99,19 @@ class Uncertainty:
         }
 
 
+@lru_cache(maxsize=32)
+def _endpoint_grid(h: int, w: int, grid: int) -> tuple[np.ndarray, ...]:
+    """The sub-grid of :func:`mean_endpoint` about the center, and the products it needs:
+    ``x, y, 2x, 2y, x*x, y*y, x*y`` (made once per shape: the call takes half the time)."""
+    xs = np.linspace(0.0, w - 1.0, min(w, grid)) - (w - 1) / 2.0
+    ys = np.linspace(0.0, h - 1.0, min(h, grid)) - (h - 1) / 2.0
+    x, y = (a.ravel() for a in np.meshgrid(xs, ys))
+    out = (x, y, 2 * x, 2 * y, x * x, y * y, x * y)
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
 def mean_endpoint(covariance: np.ndarray, shape: tuple[int, int],
                   grid: int = ENDPOINT_GRID) -> float:
     """Expected mean endpoint error over a ``shape`` grid for ``dp ~ N(0, covariance)``.
@@ -122,14 +136,11 @@ def mean_endpoint(covariance: np.ndarray, shape: tuple[int, int],
         Pixels.
     """
     c = np.asarray(covariance, dtype=float)
-    h, w = shape
-    xs = np.linspace(0.0, w - 1.0, min(w, grid)) - (w - 1) / 2.0
-    ys = np.linspace(0.0, h - 1.0, min(h, grid)) - (h - 1) / 2.0
-    x, y = (a.ravel() for a in np.meshgrid(xs, ys))
+    x, y, x2, y2, xx, yy, xy = _endpoint_grid(int(shape[0]), int(shape[1]), grid)
     # Sigma_x = A C A^T with A = [[1, 0, -y], [0, 1, x]]
-    sxx = c[0, 0] - 2 * y * c[0, 2] + y * y * c[2, 2]
-    syy = c[1, 1] + 2 * x * c[1, 2] + x * x * c[2, 2]
-    sxy = c[0, 1] + x * c[0, 2] - y * c[1, 2] - x * y * c[2, 2]
+    sxx = c[0, 0] - y2 * c[0, 2] + yy * c[2, 2]
+    syy = c[1, 1] + x2 * c[1, 2] + xx * c[2, 2]
+    sxy = c[0, 1] + x * c[0, 2] - y * c[1, 2] - xy * c[2, 2]
     mid = 0.5 * (sxx + syy)
     half = np.sqrt(np.maximum(0.25 * (sxx - syy) ** 2 + sxy * sxy, 0.0))
     l1 = np.maximum(mid + half, 0.0)
