@@ -299,7 +299,9 @@ def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
         # the fitted offset: the estimating equation uses steepest-descent images centred over
         # the overlap (optimize.gauss_newton), and e is zero-mean there
         jt -= jt.mean(axis=1, keepdims=True)
-    sens = jt @ js.T
+    # einsum, not BLAS: 3 x n times n x 3 is over OpenBLAS's threshold for threads from 29128
+    # points (see regtool.loss.dot)
+    sens = np.einsum("in,jn->ij", jt, js)
     nbx = int(level.shape[1] // block) + 1
     # integer division: on the float coordinates it took 0.3 ms at 16384 points
     cluster = (ys.astype(np.intp) // block) * nbx + xs.astype(np.intp) // block
