@@ -88,10 +88,16 @@ def downsample_mask(mask: np.ndarray) -> np.ndarray:
     return g[0::2, 0::2] & g[0::2, 1::2] & g[1::2, 0::2] & g[1::2, 1::2]
 
 
-def build(image: np.ndarray, levels: int) -> list[np.ndarray]:
-    """Return ``[level 0 (the image itself), level 1, ..., level levels-1]``."""
+def build(image: np.ndarray, levels: int, first: np.ndarray | None = None
+          ) -> list[np.ndarray]:
+    """Return ``[level 0 (the image itself), level 1, ..., level levels-1]``.
+
+    ``first`` is level 1 when the caller has made it already (``downsample(image)``).
+    """
     out = [image]
-    for _ in range(levels - 1):
+    if levels > 1 and first is not None:
+        out.append(first)
+    while len(out) < levels:
         out.append(downsample(out[-1]))
     return out
 

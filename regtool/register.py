@@ -23,7 +23,7 @@ from . import quality as Q
 from . import uncertainty as U
 from .errors import InputError
 from .optimize import DEFAULT_MAX_ITER, SOLVERS
-from .prepare import luminance
+from .prepare import coarse_confirms, luminance, luminance_deferred
 from .result import LevelRecord, Result
 from .transform import (
     center_params,
@@ -122,6 +122,20 @@ class _Descent:
     loss: float
     finest: L.LevelImages | None  # the data of the level the answer comes from
     answer_level: int = 0  # 0, or 1 when level 1's answer is expected to be closer
+
+
+def _luminance(image: np.ndarray, which: str, mask: np.ndarray | None
+               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """:func:`regtool.prepare.luminance`, and the image's level 1 when it was made for the
+    checks of the values (:func:`regtool.prepare.coarse_confirms`), to start its pyramid."""
+    lum, valid, unchecked = luminance_deferred(image, which, mask)
+    if not unchecked:
+        return lum, valid, None
+    first = pyramid.downsample(lum)
+    if coarse_confirms(first):
+        return lum, None, first
+    lum, valid = luminance(image, which, mask)  # raises, or finds the NaNs to mask
+    return lum, valid, None
 
 
 def _level_count(f: np.ndarray, g: np.ndarray, levels: int | None) -> int:
@@ -429,8 +443,8 @@ def align(
     """
     t_start = time.perf_counter()
     _check_options(optimizer, metric, tol, max_iter, min_overlap, init)
-    f, f_mask = luminance(target, "target", target_mask)
-    g, g_mask = luminance(source, "source", source_mask)
+    f, f_mask, f1 = _luminance(target, "target", target_mask)
+    g, g_mask, g1 = _luminance(source, "source", source_mask)
     n_levels = _level_count(f, g, levels)
     iters = max_iter if max_iter is not None else DEFAULT_MAX_ITER[optimizer]
 
@@ -439,7 +453,7 @@ def align(
     k_search = pyramid.auto_levels(f.shape, g.shape, min_side=SEARCH_SIDE) - 1
     # the search level is also where rival matches are looked for, with or without a search
     n_build = max(n_levels, k_search + 1)
-    pyr = _Pyramids(pyramid.build(f, n_build), pyramid.build(g, n_build),
+    pyr = _Pyramids(pyramid.build(f, n_build, f1), pyramid.build(g, n_build, g1),
                     pyramid.build_mask(f_mask, n_build), pyramid.build_mask(g_mask, n_build))
     prepared: dict[int, L.LevelImages] = {}
     searched = None
