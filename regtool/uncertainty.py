@@ -216,7 +216,12 @@ def _source_samples(coeffs: np.ndarray, rc: np.ndarray
     every = bool(inside.all())
     if not every:
         first[~inside] = 0
-    block = coeffs.reshape(-1)[first + L._taps(w)].reshape(4, 4, -1)
+    # the 4x4 taps one row of four at a time: a (4, n) index instead of a (16, n) one
+    flat = coeffs.reshape(-1)
+    block = np.empty((4, 4, first.size), dtype=coeffs.dtype)
+    taps = L._taps(w).reshape(4, 4, 1)
+    for a in range(4):
+        np.take(flat, first + taps[a], out=block[a])
     along_x = np.einsum("bn,abn->an", vx, block)
     diff_x = np.einsum("bn,abn->an", dx, block)
     value = np.einsum("an,an->n", vy, along_x)
