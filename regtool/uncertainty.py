@@ -159,13 +159,25 @@ def _axis_weights(x: np.ndarray, size: int
     which points have every tap inside the image. The fraction is exact (float64); the weights
     are float32, as the solver's samples are (:meth:`regtool.loss.LevelImages.sample_cubic`).
     """
-    value, first = L._cubic_weights(x, np.float32)
+    # the value weights as regtool.loss._cubic_weights makes them (the same float32 steps), and
+    # the derivative's from the same fraction
+    f = np.floor(x)
+    t = (x - f).astype(np.float32)
+    first = f.astype(np.intp)
+    first -= 1
     inside = first.view(np.uintp) <= size - 4  # 0 <= first <= size - 4
-    t = (x - np.floor(x)).astype(np.float32)
     t2 = t * t
     u = np.float32(1.0) - t
+    uu = u * u
+    value = np.empty((4, x.size), dtype=np.float32)
+    np.multiply(uu, u * np.float32(1.0 / 6.0), out=value[0])
+    t3 = t2 * t
+    np.multiply(t3, np.float32(1.0 / 6.0), out=value[3])
+    np.subtract(np.float32(0.5) * t3 + np.float32(2.0 / 3.0), t2, out=value[1])
+    np.subtract(np.float32(1.0) - value[0], value[1], out=value[2])  # the weights sum to 1
+    value[2] -= value[3]
     diff = np.empty((4, x.size), dtype=np.float32)
-    np.multiply(u * u, np.float32(-0.5), out=diff[0])
+    np.multiply(uu, np.float32(-0.5), out=diff[0])
     np.multiply(t2, np.float32(0.5), out=diff[3])
     np.subtract(np.float32(1.5) * t2, np.float32(2.0) * t, out=diff[1])
     np.add(diff[0], diff[1], out=diff[2])  # the weights sum to 0
