@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy import fft as sfft
 from scipy import ndimage
 
 from . import loss as L
@@ -55,10 +56,14 @@ def self_similar_lags(image: np.ndarray, valid: np.ndarray | None = None,
     band = band - band.mean()
     h, w = band.shape
     band = band * np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
-    # lags up to a third of the image: padding by that much keeps them free of wrap-around
+    # lags up to a third of the image: padding by that much keeps them free of wrap-around,
+    # and padding further to sizes with small prime factors changes no lag's value (the
+    # search level's 75 x 62 gave 101 x 83, both prime: 0.76 ms for the two transforms with
+    # numpy's, against 0.1 ms for 108 x 84 with scipy's in single precision)
     ry, rx = h // 3 + 1, w // 3 + 1
-    spec = np.fft.rfft2(band, s=(h + ry, w + rx))
-    ac = np.fft.irfft2(spec * np.conj(spec), s=(h + ry, w + rx))
+    size = (sfft.next_fast_len(h + ry, real=True), sfft.next_fast_len(w + rx, real=True))
+    spec = sfft.rfft2(band, s=size)
+    ac = sfft.irfft2(spec * np.conj(spec), s=size)
     zero = float(ac[0, 0])
     if not zero > 0:
         return []

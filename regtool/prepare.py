@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["luminance", "MIN_SIDE", "LUMA"]
+__all__ = ["luminance", "luminance_deferred", "coarse_confirms", "MIN_SIDE", "LUMA"]
 
 MIN_SIDE = 16
 MAX_NONFINITE = 0.5
@@ -120,3 +120,36 @@ def luminance(image: np.ndarray, which: str, mask: np.ndarray | None = None
     if not hi - lo > 1e-6 * max(abs(hi), abs(lo), 1e-30):
         raise InputError("image has no texture to register (it is constant)", which)
     return np.ascontiguousarray(lum, dtype=np.float32), mask
+
+
+def luminance_deferred(image: np.ndarray, which: str, mask: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """:func:`luminance`, except that a gray float image without a mask skips the checks of
+    its values (no NaN or infinite pixel, not constant).
+
+    Returns the luminance, the validity mask and whether those checks are still open: then
+    :func:`coarse_confirms` on the image's next pyramid level settles them, or
+    :func:`luminance` does. (Its min and max over a 1024^2 image took 0.28 ms; over the level
+    four times smaller that the pyramid makes anyway, 0.07 ms.)
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 2 and arr.dtype.kind == "f" and mask is None and min(arr.shape) >= MIN_SIDE:
+        lum = arr if arr.dtype == np.float32 else arr.astype(np.float32)
+        return np.ascontiguousarray(lum), None, True
+    lum, valid = luminance(image, which, mask)
+    return lum, valid, False
+
+
+def coarse_confirms(coarse: np.ndarray) -> bool:
+    """Whether an image's next pyramid level shows the image itself finite and not constant.
+
+    Every pixel enters some coarse pixel with a positive weight, so a NaN or infinite pixel
+    leaves a NaN or infinite coarse one; the coarse pixels are weighted means, so their range
+    lies within the image's and the image's largest magnitude exceeds theirs by at most its
+    range: a coarse range over 2e-6 of the coarse magnitude (twice the bar of
+    :func:`luminance`, which also covers float32 rounding) means an image range over 1e-6 of
+    the image's. False only says "look at the image itself".
+    """
+    lo, hi = float(coarse.min()), float(coarse.max())
+    return (math.isfinite(lo) and math.isfinite(hi)
+            and hi - lo > 2e-6 * max(abs(hi), abs(lo), 1e-30))

@@ -70,10 +70,48 @@ def _halve(a: np.ndarray, axis: int) -> np.ndarray:
     return out
 
 
+# Images of at least this many pixels are halved STRIP_ROWS coarse rows at a time, both passes
+# on a strip that stays in cache: 1.03 instead of 1.3 ms for 1024^2 (and no image-sized
+# intermediate); smaller images gain nothing (0.27 against 0.24 ms at 512^2).
+STRIP_PIXELS = 1 << 19
+STRIP_ROWS = 64
+
+
+def _halve_rows(a: np.ndarray, r0: int, r1: int, out: np.ndarray) -> None:
+    """Coarse rows ``r0:r1`` of ``_halve(a, 0)`` into ``out``, with the same sums in the same
+    order (the same values to the bit)."""
+    n = a.shape[0]
+    h = n // 2
+    even, odd = a[2 * r0 : 2 * r1 : 2], a[2 * r0 + 1 : 2 * r1 : 2]
+    np.add(even, odd, out=out)
+    out *= 3.0
+    if r0 == 0:  # fine index 2i - 1; -1 is 0
+        out[1:] += odd[:-1]
+        out[0] += even[0]
+    else:
+        out += a[2 * r0 - 1 : 2 * r1 - 1 : 2]
+    if r1 == h:  # fine index 2i + 2; past the end, the last row (2h when the count is odd)
+        out[:-1] += a[2 * r0 + 2 : 2 * r1 : 2]
+        out[-1] += a[2 * h] if n > 2 * h else odd[-1]
+    else:
+        out += a[2 * r0 + 2 : 2 * r1 + 1 : 2]
+    out *= 0.125
+
+
 def downsample(image: np.ndarray) -> np.ndarray:
     """Halve a 2-D float image: the binomial ``(1, 3, 3, 1) / 8`` along each axis, every other
     sample kept. Rows first, so the column pass runs on half the data."""
-    return _halve(_halve(image, 0), 1)
+    h = image.shape[0] // 2
+    if image.size < STRIP_PIXELS or h <= STRIP_ROWS:
+        return _halve(_halve(image, 0), 1)
+    dtype = np.result_type(image.dtype, np.float32)
+    out = np.empty((h, image.shape[1] // 2), dtype=dtype)
+    strip = np.empty((STRIP_ROWS, image.shape[1]), dtype=dtype)
+    for r0 in range(0, h, STRIP_ROWS):
+        r1 = min(h, r0 + STRIP_ROWS)
+        _halve_rows(image, r0, r1, strip[: r1 - r0])
+        out[r0:r1] = _halve(strip[: r1 - r0], 1)
+    return out
 
 
 def downsample_mask(mask: np.ndarray) -> np.ndarray:
@@ -88,10 +126,16 @@ def downsample_mask(mask: np.ndarray) -> np.ndarray:
     return g[0::2, 0::2] & g[0::2, 1::2] & g[1::2, 0::2] & g[1::2, 1::2]
 
 
-def build(image: np.ndarray, levels: int) -> list[np.ndarray]:
-    """Return ``[level 0 (the image itself), level 1, ..., level levels-1]``."""
+def build(image: np.ndarray, levels: int, first: np.ndarray | None = None
+          ) -> list[np.ndarray]:
+    """Return ``[level 0 (the image itself), level 1, ..., level levels-1]``.
+
+    ``first`` is level 1 when the caller has made it already (``downsample(image)``).
+    """
     out = [image]
-    for _ in range(levels - 1):
+    if levels > 1 and first is not None:
+        out.append(first)
+    while len(out) < levels:
         out.append(downsample(out[-1]))
     return out
 

@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, special
+from scipy import special
 
 from . import loss as L
 
@@ -54,8 +55,6 @@ MIN_BLOCKS = 24
 MAX_ENDPOINT = 1.0
 # Grid (per axis) over which the expected mean endpoint error is averaged.
 ENDPOINT_GRID = 17
-# Central-difference step (source pixels) for the source spline's gradient.
-FD_STEP = 1e-2
 
 
 @dataclass(frozen=True)
@@ -100,6 +99,19 @@ class Uncertainty:
         }
 
 
+@lru_cache(maxsize=32)
+def _endpoint_grid(h: int, w: int, grid: int) -> tuple[np.ndarray, ...]:
+    """The sub-grid of :func:`mean_endpoint` about the center, and the products it needs:
+    ``x, y, 2x, 2y, x*x, y*y, x*y`` (made once per shape: the call takes half the time)."""
+    xs = np.linspace(0.0, w - 1.0, min(w, grid)) - (w - 1) / 2.0
+    ys = np.linspace(0.0, h - 1.0, min(h, grid)) - (h - 1) / 2.0
+    x, y = (a.ravel() for a in np.meshgrid(xs, ys))
+    out = (x, y, 2 * x, 2 * y, x * x, y * y, x * y)
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
 def mean_endpoint(covariance: np.ndarray, shape: tuple[int, int],
                   grid: int = ENDPOINT_GRID) -> float:
     """Expected mean endpoint error over a ``shape`` grid for ``dp ~ N(0, covariance)``.
@@ -124,14 +136,11 @@ def mean_endpoint(covariance: np.ndarray, shape: tuple[int, int],
         Pixels.
     """
     c = np.asarray(covariance, dtype=float)
-    h, w = shape
-    xs = np.linspace(0.0, w - 1.0, min(w, grid)) - (w - 1) / 2.0
-    ys = np.linspace(0.0, h - 1.0, min(h, grid)) - (h - 1) / 2.0
-    x, y = (a.ravel() for a in np.meshgrid(xs, ys))
+    x, y, x2, y2, xx, yy, xy = _endpoint_grid(int(shape[0]), int(shape[1]), grid)
     # Sigma_x = A C A^T with A = [[1, 0, -y], [0, 1, x]]
-    sxx = c[0, 0] - 2 * y * c[0, 2] + y * y * c[2, 2]
-    syy = c[1, 1] + 2 * x * c[1, 2] + x * x * c[2, 2]
-    sxy = c[0, 1] + x * c[0, 2] - y * c[1, 2] - x * y * c[2, 2]
+    sxx = c[0, 0] - y2 * c[0, 2] + yy * c[2, 2]
+    syy = c[1, 1] + x2 * c[1, 2] + xx * c[2, 2]
+    sxy = c[0, 1] + x * c[0, 2] - y * c[1, 2] - xy * c[2, 2]
     mid = 0.5 * (sxx + syy)
     half = np.sqrt(np.maximum(0.25 * (sxx - syy) ** 2 + sxy * sxy, 0.0))
     l1 = np.maximum(mid + half, 0.0)
@@ -141,85 +150,110 @@ def mean_endpoint(covariance: np.ndarray, shape: tuple[int, int],
     return float(values.mean())
 
 
-def _axis_weights(x: np.ndarray, step: float, size: int
+def _axis_weights(x: np.ndarray, size: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Cubic B-spline weights along one axis at ``x``: value and central difference.
+    """Cubic B-spline weights along one axis at ``x``: value and derivative, float32.
 
     Returns the value weights ``(4, n)`` of the taps ``floor(x) - 1 .. floor(x) + 2``, the
-    weights ``(4, n)`` of the central difference ``(S(x + step) - S(x - step)) / (2 step)`` on
-    the same taps, the first tap, and which points they hold for: both ``x +- step`` in the
-    interval of ``x`` (where the spline is one cubic, whose central difference is its
-    derivative plus ``step**2 / 6`` times its constant third derivative, exactly) and every tap
-    inside the image.
+    weights ``(4, n)`` of the spline's exact derivative on the same taps, the first tap, and
+    which points have every tap inside the image. The fraction is exact (float64); the weights
+    are float32, as the solver's samples are (:meth:`regtool.loss.LevelImages.sample_cubic`).
     """
-    value, first = L._cubic_weights(x)
-    t = x - np.floor(x)
-    inner = (t >= step) & (t <= 1.0 - step) & (first >= 0) & (first <= size - 4)
+    # the value weights as regtool.loss._cubic_weights makes them (the same float32 steps), and
+    # the derivative's from the same fraction
+    f = np.floor(x)
+    t = (x - f).astype(np.float32)
+    first = f.astype(np.intp)
+    first -= 1
+    inside = first.view(np.uintp) <= size - 4  # 0 <= first <= size - 4
     t2 = t * t
-    u = 1.0 - t
-    # the third derivatives of the four weights are -1, 3, -3, 1
-    c = step * step / 6.0
-    diff = np.empty((4, x.size))
-    np.multiply(u * u, -0.5, out=diff[0])
-    diff[0] -= c
-    np.add(0.5 * t2, c, out=diff[3])
-    np.subtract(1.5 * t2 + 3.0 * c, 2.0 * t, out=diff[1])
+    u = np.float32(1.0) - t
+    uu = u * u
+    value = np.empty((4, x.size), dtype=np.float32)
+    np.multiply(uu, u * np.float32(1.0 / 6.0), out=value[0])
+    t3 = t2 * t
+    np.multiply(t3, np.float32(1.0 / 6.0), out=value[3])
+    np.subtract(np.float32(0.5) * t3 + np.float32(2.0 / 3.0), t2, out=value[1])
+    np.subtract(np.float32(1.0) - value[0], value[1], out=value[2])  # the weights sum to 1
+    value[2] -= value[3]
+    diff = np.empty((4, x.size), dtype=np.float32)
+    np.multiply(uu, np.float32(-0.5), out=diff[0])
+    np.multiply(t2, np.float32(0.5), out=diff[3])
+    np.subtract(np.float32(1.5) * t2, np.float32(2.0) * t, out=diff[1])
     np.add(diff[0], diff[1], out=diff[2])  # the weights sum to 0
     diff[2] += diff[3]
     np.negative(diff[2], out=diff[2])
-    return value, diff, first, inner
+    return value, diff, first, inside
 
 
-def _fd_samples(coeffs: np.ndarray, rc: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Spline value and central differences at ``rc`` from scipy (mirror edges)."""
-    n = rc.shape[1]
-    points = np.empty((2, 5 * n))
-    for j, (axis, by) in enumerate(((None, 0.0), (1, FD_STEP), (1, -FD_STEP), (0, FD_STEP),
-                                    (0, -FD_STEP))):
-        part = points[:, j * n : (j + 1) * n]
-        part[...] = rc
-        if axis is not None:
-            part[axis] += by
-    # one call for the value and the four shifted samplings
-    at = ndimage.map_coordinates(coeffs, points, output=np.float64, order=L.ORDER,
-                                 mode="mirror", prefilter=False).reshape(5, n)
-    # d/dx' (columns), then d/dy' (rows)
-    return at[0], (at[1] - at[2]) / (2 * FD_STEP), (at[3] - at[4]) / (2 * FD_STEP)
+def _border_samples(coeffs: np.ndarray, rc: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spline value and derivatives at points whose taps reach past the border (rare: a
+    sample on the margin), taps mirrored (``c[-1] = c[1]``, scipy's ``mode="mirror"``)."""
+    h, w = coeffs.shape
+    out = []
+    weights = []
+    for axis, size in ((0, h), (1, w)):
+        value, diff, first, _ = _axis_weights(rc[axis], size)
+        taps = np.abs(first + np.arange(4)[:, None])
+        taps = np.where(taps > size - 1, 2 * (size - 1) - taps, taps)
+        out.append(taps)
+        weights.append((value, diff))
+    (vy, dy), (vx, dx) = weights
+    block = coeffs[out[0][:, None, :], out[1][None, :, :]]
+    along_x = np.einsum("bn,abn->an", vx, block)
+    diff_x = np.einsum("bn,abn->an", dx, block)
+    return (np.einsum("an,an->n", vy, along_x), np.einsum("an,an->n", vy, diff_x),
+            np.einsum("an,an->n", dy, along_x))
 
 
 def _source_samples(coeffs: np.ndarray, rc: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The source spline's value and central differences along x' and y' at ``rc``.
+    """The source spline's value and derivatives along x' and y' at ``rc``, float32.
 
-    The central differences ``FD_STEP`` apart, not the spline's exact derivative: they are what
-    the error bars were calibrated with (the two differ by ``FD_STEP**2 / 6`` times the third
-    derivative, 1e-5 of the covariance on the benchmark's cases). One pass over a 4x4 gather
-    serves the value and both differences, against five cubic samplings with scipy: 1.2 ms
-    instead of 4.6 ms at 16384 points. The few points whose differences cross a knot or whose
-    taps reach the border (about 4%) go through scipy; both routes agree to 1e-12.
+    One 4x4 gather serves the value and both derivatives, in float32 (the value is rounded to
+    float32 for the residual anyway, and the derivatives need no more). The exact derivative,
+    where the error bars were first calibrated with central differences 0.01 px apart: the two
+    differ by 0.01**2 / 6 times the spline's third derivative, 1e-5 of the covariance on the
+    benchmark's cases, and the differences needed a second route (five scipy samplings, then
+    5-tap windows) for the 4% of points where they cross a knot. 0.8 instead of 1.3 ms at
+    15000 points (float64 central differences).
     """
     h, w = coeffs.shape
-    vy, dy, ry, in_y = _axis_weights(rc[0], FD_STEP, h)
-    vx, dx, rx, in_x = _axis_weights(rc[1], FD_STEP, w)
-    inner = in_y & in_x
-    first = np.where(inner, ry * w + rx, 0)
-    block = coeffs.reshape(-1)[first + L._taps(w)].astype(np.float64).reshape(4, 4, -1)
+    vy, dy, ry, in_y = _axis_weights(rc[0], h)
+    vx, dx, rx, in_x = _axis_weights(rc[1], w)
+    inside = in_y & in_x
+    first = ry * w
+    first += rx
+    every = bool(inside.all())
+    if not every:
+        first[~inside] = 0
+    # the 4x4 taps one row of four at a time: a (4, n) index instead of a (16, n) one
+    flat = coeffs.reshape(-1)
+    block = np.empty((4, 4, first.size), dtype=coeffs.dtype)
+    taps = L._taps(w).reshape(4, 4, 1)
+    for a in range(4):
+        np.take(flat, first + taps[a], out=block[a])
     along_x = np.einsum("bn,abn->an", vx, block)
     diff_x = np.einsum("bn,abn->an", dx, block)
     value = np.einsum("an,an->n", vy, along_x)
     gx = np.einsum("an,an->n", vy, diff_x)
     gy = np.einsum("an,an->n", dy, along_x)
-    edge = np.flatnonzero(~inner)
-    if edge.size:
-        value[edge], gx[edge], gy[edge] = _fd_samples(coeffs, rc[:, edge])
+    if not every:
+        edge = np.flatnonzero(~inside)
+        value[edge], gx[edge], gy[edge] = _border_samples(coeffs, rc[:, edge])
     return value, gx, gy
 
 
 def _steepest(gx: np.ndarray, gy: np.ndarray, xs: np.ndarray, ys: np.ndarray,
               center: tuple[float, float]) -> np.ndarray:
     """``grad . dPsi/d(sx, sy, theta)`` about ``center``, as a (3, n) float64 array."""
-    return np.stack([gx, gy, gy * (xs - center[0]) - gx * (ys - center[1])]).astype(np.float64)
+    out = np.empty((3, xs.size))
+    out[0] = gx
+    out[1] = gy
+    np.multiply(out[1], xs - center[0], out=out[2])
+    out[2] -= out[0] * (ys - center[1])
+    return out
 
 
 def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
@@ -252,27 +286,39 @@ def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
     """
     rc = level.source_coords(matrix)
     valid = level.overlap(matrix, rc)
+    # every point in the overlap (the usual case): no masked copies of the per-point arrays
+    every = bool(valid.all())
+
+    def on(values: np.ndarray) -> np.ndarray:
+        return values if every else values[valid]
+
     # the residual reads the warped source on the overlap only (np.compress: indexing a 2-D
     # array with a mask along its second axis took 0.17 ms here, compress 0.03 ms)
-    value, gxs, gys = _source_samples(level.source_coeffs, np.compress(valid, rc, axis=1))
-    warped = np.zeros(level.target.shape, dtype=np.float32)
-    warped[valid] = value
+    value, gxs, gys = _source_samples(level.source_coeffs,
+                                      rc if every else np.compress(valid, rc, axis=1))
+    if every:
+        warped = value
+    else:
+        warped = np.zeros(level.target.shape, dtype=np.float32)
+        warped[valid] = value
     res = L.residual(warped, level.target, valid, metric, gradient=False)
     if res.count < 3 * MIN_BLOCKS or not math.isfinite(res.objective):
         return Uncertainty.unavailable("too few pixels in the overlap to estimate it")
-    xs, ys = level.coords()
-    xs, ys = xs[valid].astype(np.float64), ys[valid].astype(np.float64)
-    jt = _steepest(level.grad_x[valid], level.grad_y[valid], xs, ys, center)
+    xs, ys = (on(c).astype(np.float64) for c in level.coords())
+    jt = _steepest(on(level.grad_x), on(level.grad_y), xs, ys, center)
     a = matrix[:2, :2]
     # d g(Psi(x)) / dx = A^T grad g(Psi(x)), A the linear part of Psi
     gxs, gys = a[0, 0] * gxs + a[1, 0] * gys, a[0, 1] * gxs + a[1, 1] * gys
-    js = res.gain * _steepest(gxs, gys, xs, ys, center)
-    e = res.e[valid].astype(np.float64)
+    js = _steepest(gxs, gys, xs, ys, center)
+    js *= res.gain
+    e = on(res.e).astype(np.float64)
     if metric == "ncc":
         # the fitted offset: the estimating equation uses steepest-descent images centred over
         # the overlap (optimize.gauss_newton), and e is zero-mean there
         jt -= jt.mean(axis=1, keepdims=True)
-    sens = jt @ js.T
+    # einsum, not BLAS: 3 x n times n x 3 is over OpenBLAS's threshold for threads from 29128
+    # points (see regtool.loss.dot)
+    sens = np.einsum("in,jn->ij", jt, js)
     nbx = int(level.shape[1] // block) + 1
     # integer division: on the float coordinates it took 0.3 ms at 16384 points
     cluster = (ys.astype(np.intp) // block) * nbx + xs.astype(np.intp) // block

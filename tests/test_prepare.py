@@ -56,3 +56,26 @@ def test_unusable_inputs_say_which_and_why(image, words):
 def test_a_mask_of_the_wrong_shape_is_refused():
     with pytest.raises(InputError, match="mask"):
         luminance(_ramp(), "target", np.ones((3, 3), bool))
+
+
+def test_level_1_settles_the_value_checks_only_when_it_may():
+    import regtool
+    from regtool import pyramid, register
+    from regtool.errors import InputError
+    from regtool.prepare import coarse_confirms
+
+    rng = np.random.default_rng(0)
+    img = rng.random((64, 80)).astype(np.float32)
+    assert coarse_confirms(pyramid.downsample(img))
+    # a checkerboard keeps little at level 1 (the filter's zero at Nyquist): whatever level 1
+    # says, the board is no constant image
+    board = (np.indices((64, 64)).sum(axis=0) % 2).astype(np.float32)
+    lum, valid, first = register._luminance(board, "target", None)
+    assert valid is None and lum is not None
+    with_nan = img.copy()
+    with_nan[5, 7] = np.nan
+    assert not coarse_confirms(pyramid.downsample(with_nan))
+    flat = np.full((64, 64), 3.0, np.float32)
+    flat[0, 0] += 1e-6
+    with pytest.raises(InputError, match="constant"):
+        regtool.align(flat, img[:, :64])

@@ -324,3 +324,33 @@ def test_float32_inputs_are_used_as_they_are_and_left_untouched():
     r = regtool.align(target, source)
     assert r.converged
     assert np.array_equal(target, before[0]) and np.array_equal(source, before[1])
+
+
+def test_level_0_one_iteration_per_call_follows_one_solve():
+    # register._one_by_one must reproduce one Gauss-Newton solve exactly (it mirrors the
+    # solver's check for a rejected step), or hand back None.
+    from regtool import loss as L
+    from regtool import register as R
+    from regtool.optimize import gauss_newton
+    from regtool.transform import image_center
+
+    followed = 0
+    for i, noise in enumerate((0.02, 0.05, 0.08)):
+        shape = (256, 256)
+        target, source, m = make_pair(photo(i), shape, (3.3, -2.1), 4.0, noise=noise, seed=i)
+        level = L.prepare_level(target.astype(np.float32), None, source.astype(np.float32),
+                                None, R.MARGIN_FINE, max_points=1 << 12)
+        center = image_center(shape)
+        start = about_center(0.05, -0.04, 0.0005, center) @ m
+        whole = gauss_newton(level, start, center, "ncc", 1e-3, 50, 0.25)
+        first = gauss_newton(level, start, center, "ncc", 1e-3, 1, 0.25)
+        if first.converged:
+            continue
+        out = R._one_by_one(gauss_newton, level, start, first, center, "ncc", 1e-3, 50, 0.25)
+        if out is None:
+            continue
+        followed += 1
+        assert out.iterations == whole.iterations
+        assert np.array_equal(out.matrix, whole.matrix)
+        assert out.objective == whole.objective and out.converged == whole.converged
+    assert followed >= 2

@@ -287,3 +287,27 @@ def test_bool_and_wide_integers():
     big = (rng.integers(0, 2**31 - 1, (12, 12))).astype(np.int32)
     shifted = regtool.warp(big, [[1, 0, 2.0], [0, 1, 1.0]], (8, 8), interp="nearest")
     assert np.array_equal(shifted, big[1:9, 2:10])
+
+
+def test_bilinear_nan_is_scipys_affine_transform_to_the_bit():
+    import math
+
+    from scipy import ndimage
+
+    from regtool.resample import bilinear_nan, ndimage_affine
+
+    rng = np.random.default_rng(3)
+    for trial in range(120):
+        h, w = (int(v) for v in rng.integers(2, 200, 2))
+        image = (rng.random((h, w)) * 255).astype(np.float32 if trial % 2 else np.float64)
+        theta = rng.uniform(-math.pi, math.pi)
+        c, s = math.cos(theta), math.sin(theta)
+        tx, ty = rng.uniform(-60, 60, 2)
+        if trial % 3 == 0:  # grid points landing on the border pixel centers exactly
+            c, s, tx, ty = 1.0, 0.0, float(round(tx)), float(round(ty))
+        m = np.array([[c, -s, tx], [s, c, ty], [0.0, 0.0, 1.0]]) @ np.diag([2.0, 2.0, 1.0])
+        shape = (int(rng.integers(1, 100)), int(rng.integers(1, 100)))
+        rc, offset = ndimage_affine(m)
+        ref = ndimage.affine_transform(image, rc, offset=offset, output_shape=shape,
+                                       output=np.float32, order=1, mode="constant", cval=np.nan)
+        assert np.array_equal(bilinear_nan(image, m, shape), ref, equal_nan=True), trial
