@@ -606,7 +606,7 @@ class ResultsTable:
         try:
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
                 csv.writer(fh).writerow(COLUMNS)
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, io.file_mode())
             os.replace(tmp, self.path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -652,12 +652,6 @@ class ResultsTable:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_results(path: str) -> list[dict[str, str]]:

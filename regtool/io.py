@@ -82,6 +82,7 @@ __all__ = [
     "write_json",
     "read_text",
     "write_text",
+    "file_mode",
     "check_output_path",
     "format_problem",
     "dumps_json",
@@ -1139,10 +1140,15 @@ def check_output_path(
 # --------------------------------------------------------------------------------------------
 
 
-def _umask() -> int:
+def file_mode(mode: int = 0o666) -> int:
+    """``mode`` with the process's umask applied: what ``open`` would give a new file.
+
+    Files made by :func:`tempfile.mkstemp` (and folders by ``mkdtemp``) start private (0600,
+    0700); an output renamed into place gets the usual permissions from this.
+    """
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return mode & ~mask
 
 
 @contextlib.contextmanager
@@ -1156,7 +1162,7 @@ def _atomic(path: PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -862,12 +862,6 @@ def _remove(path: str) -> None:
             os.unlink(path)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 class _Writer:
     """The aligned stack, written page by page to a temporary file (or folder) beside its
     destination, moved there by :meth:`commit`; :meth:`abort` removes it."""
@@ -936,7 +930,7 @@ class _Writer:
         tw.close()
 
     def commit(self) -> None:
-        os.chmod(self.tmp, (0o777 if self.kind == "folder" else 0o666) & ~_umask())
+        os.chmod(self.tmp, io.file_mode(0o777 if self.kind == "folder" else 0o666))
         os.replace(self.tmp, self.output)
 
     def abort(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -17,6 +16,7 @@ from .options import (
     EXIT_NOT_CONVERGED,
     EXIT_OK,
     Failure,
+    StopSignals,
     align_options,
     max_pixels_option,
     registration_options,
@@ -430,38 +430,6 @@ def _align_pair(target: str, source: str, output: str | None, params: str | None
 # --------------------------------------------------------------------------------------------
 
 
-class _Interruptions:
-    """While active, SIGINT and SIGTERM are noted instead of stopping the process.
-
-    The batch then submits no new task, lets the running ones finish their atomic writes and
-    records them, and the command exits 130. (The local workers ignore SIGINT themselves:
-    Ctrl-C reaches the whole process group.) Outside the main thread no handler can be set,
-    and the signals act as usual.
-    """
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._saved: dict[int, Any] = {}
-
-    def __enter__(self) -> _Interruptions:
-        for number in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._saved[number] = signal.signal(number, self._note)
-            except ValueError:
-                pass
-        return self
-
-    def _note(self, number: int, frame: Any) -> None:
-        self.received = number
-
-    def __call__(self) -> bool:
-        return self.received is not None
-
-    def __exit__(self, *exc: Any) -> None:
-        for number, handler in self._saved.items():
-            signal.signal(number, handler)
-
-
 class _FileBar:
     """A tqdm bar over the sources on stderr (when enabled), and the error lines beside it."""
 
@@ -557,7 +525,7 @@ def _align_batch(target: str, sources: tuple[str, ...], output: str | None, para
     tally = batch.Tally(total=len(plan.sources))
     aborted = None
     started = time.monotonic()
-    with _Interruptions() as interrupted:
+    with StopSignals() as interrupted:
         try:
             with executors.open_executor(jobs, scheduler) as executor:
                 if interrupted():  # while connecting: nothing written yet

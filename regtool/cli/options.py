@@ -6,6 +6,7 @@ Nothing here loads numpy or scipy, so ``regtool --help`` and ``--version`` stay 
 from __future__ import annotations
 
 import math
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +55,48 @@ def stderr_is_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+class StopSignals:
+    """While active (``with``), SIGINT and SIGTERM are noted instead of stopping the process.
+
+    The run polls it (``stopped``, or call it): it submits no new work, lets the running tasks
+    end (their writes are atomic) and the command exits 130. With ``second_stops``, a second
+    signal raises KeyboardInterrupt at once (a stack: nothing is kept anyway); without, it is
+    noted too (a batch: the finished sources must still reach results.csv). Local workers
+    ignore SIGINT themselves: Ctrl-C reaches the whole process group. Outside the main thread
+    no handler can be set, and the signals act as usual.
+    """
+
+    def __init__(self, second_stops: bool = False) -> None:
+        self.received: int | None = None
+        self.second_stops = second_stops
+        self._saved: dict[int, Any] = {}
+
+    @property
+    def stopped(self) -> bool:
+        return self.received is not None
+
+    def __call__(self) -> bool:
+        return self.stopped
+
+    def _note(self, number: int, frame: Any) -> None:
+        if self.second_stops and self.received is not None:
+            raise KeyboardInterrupt
+        self.received = number
+
+    def __enter__(self) -> StopSignals:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._saved[number] = signal.signal(number, self._note)
+            except ValueError:  # not the main thread: leave the defaults
+                pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for number, handler in self._saved.items():
+            signal.signal(number, handler)
+        self._saved.clear()
 
 
 class InitType(click.ParamType):

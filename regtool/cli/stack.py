@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -15,6 +12,7 @@ from .options import (
     EXIT_NOT_CONVERGED,
     EXIT_OK,
     Failure,
+    StopSignals,
     align_options,
     max_pixels_option,
     registration_options,
@@ -127,33 +125,6 @@ class _FrameBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-class _StopSignals:
-    """Ctrl-C and SIGTERM set a flag the run polls (no new work; running tasks end; no file
-    is left); a second one stops at once."""
-
-    def __init__(self) -> None:
-        self.stopped = False
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.stopped:
-            raise KeyboardInterrupt
-        self.stopped = True
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_StopSignals]:
-        saved = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                saved[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread: leave the defaults
-            pass
-        try:
-            yield self
-        finally:
-            for sig, handler in saved.items():
-                signal.signal(sig, handler)
 
 
 def _summary(outcome: Any, plan: Any) -> str:
@@ -275,13 +246,13 @@ def stack_command(input_path: str, output: str | None, table: str | None,
         raise Failure(str(exc)) from None
 
     bar = _FrameBar(enabled=not quiet and stderr_is_terminal())
-    signals = _StopSignals()
+    signals = StopSignals(second_stops=True)
     try:
-        with plan, signals.installed():
+        with plan, signals:
             if qa is not None:
                 _check_qa_output(qa, plan)
             outcome = stacks.run_stack(plan, jobs=jobs, scheduler=scheduler, progress=bar,
-                                       stop=lambda: signals.stopped)
+                                       stop=signals)
     except stacks.Interrupted:
         raise KeyboardInterrupt from None
     except stacks.WorkerLost as exc:

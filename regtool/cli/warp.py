@@ -217,16 +217,17 @@ def _warp_stack(stack_path: str, table: str, output: str | None, interp: str, fi
     from regtool import io
     from regtool import stack as stacks
 
-    from .stack import _FrameBar, _StopSignals
+    from .options import StopSignals
+    from .stack import _FrameBar
 
     bar = _FrameBar(enabled=not quiet and stderr_is_terminal())
-    signals = _StopSignals()
+    signals = StopSignals(second_stops=True)
     try:
         out = output if output is not None else stacks.default_output(
             stack_path, tag="warped", max_pixels=max_pixels)
-        with signals.installed():
+        with signals:
             stacks.apply_table(stack_path, table, out, interp=interp, fill=fill, progress=bar,
-                               stop=lambda: signals.stopped, max_pixels=max_pixels)
+                               stop=signals, max_pixels=max_pixels)
     except stacks.Interrupted:
         raise KeyboardInterrupt from None
     except io.ImageError as exc:
