@@ -379,6 +379,13 @@ def prepare_level(
     """
     h, w = target.shape
     m = int(math.ceil(margin))
+    if target_valid is not None and not target_valid.all():
+        # A point's spline value and derivatives read its 3x3 neighbourhood and the selection's
+        # strength pixels two away: next to a masked pixel both would see the fill value, a
+        # false edge the source does not have, which the selection then favours. With a 40x80
+        # NaN hole in a noisy 256x256 photograph this took the error from 0.0014 to 0.0049 px.
+        target_valid = ndimage.binary_erosion(target_valid, iterations=SELECT_SPACING,
+                                              border_value=1)
     s_inv = None
     if source_valid is not None and not source_valid.all():
         # A cubic spline sample draws on a 4x4 neighbourhood: grow the invalid set by 2.

@@ -354,3 +354,20 @@ def test_level_0_one_iteration_per_call_follows_one_solve():
         assert np.array_equal(out.matrix, whole.matrix)
         assert out.objective == whole.objective and out.converged == whole.converged
     assert followed >= 2
+
+
+def test_a_masked_hole_costs_only_its_pixels():
+    """Points next to masked pixels would read the fill value (a false edge the source lacks)
+    and the selection favoured them: a 40x80 NaN hole once took the error from 0.0014 to
+    0.0049 px. Now the hole's own share of the information is all it costs."""
+    target, source, m = make_pair(photo(1), (256, 256), (4.0, -3.0), 5.0, noise=0.01, seed=1)
+    whole = regtool.align(target, source)
+    holed = target.copy()
+    holed[100:140, 80:160] = np.nan
+    with_hole = regtool.align(holed, source)
+    assert with_hole.converged
+    err_whole = endpoint_error(m, whole.matrix, target.shape)
+    err_hole = endpoint_error(m, with_hole.matrix, target.shape)
+    assert err_hole < 0.003 and err_hole < 1.6 * max(err_whole, whole.uncertainty.endpoint_px)
+    # and the error bar still describes the error
+    assert with_hole.uncertainty.endpoint_px < 1.5 * whole.uncertainty.endpoint_px
