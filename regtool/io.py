@@ -217,16 +217,17 @@ def _sniff(head: bytes) -> str | None:
 
 
 @contextlib.contextmanager
-def _open(path: PathLike) -> Iterator[BinaryIO]:
+def _open(path: PathLike, kind: str = "an image file") -> Iterator[BinaryIO]:
     """Open the file for reading, turning every OS failure into a one-line :class:`ImageError`.
 
     The decoders read from the open file as they need (headers first), so neither a huge file
-    nor a huge declared image costs memory before the checks.
+    nor a huge declared image costs memory before the checks. ``kind`` names what was
+    expected, for "is a directory, not <kind>".
     """
     p = Path(path)
     try:
         if p.is_dir():
-            raise ImageError(path, "is a directory, not an image file")
+            raise ImageError(path, f"is a directory, not {kind}")
         if not p.exists():
             raise ImageError(path, "no such file")
         if not p.is_file():  # a FIFO would block the open; a device would never end
@@ -235,7 +236,7 @@ def _open(path: PathLike) -> Iterator[BinaryIO]:
     except PermissionError:
         raise ImageError(path, "permission denied (cannot read the file)") from None
     except IsADirectoryError:
-        raise ImageError(path, "is a directory, not an image file") from None
+        raise ImageError(path, f"is a directory, not {kind}") from None
     except FileNotFoundError:
         raise ImageError(path, "no such file") from None
     except OSError as exc:
@@ -1327,17 +1328,11 @@ def read_text(path: PathLike) -> str:
     ImageError
         One line naming the file: missing, a directory, unreadable, or not UTF-8 text.
     """
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except IsADirectoryError:
-        raise ImageError(path, "is a directory, not a file") from None
-    except FileNotFoundError:
-        raise ImageError(path, "no such file") from None
-    except PermissionError:
-        raise ImageError(path, "permission denied (cannot read the file)") from None
-    except OSError as exc:
-        raise ImageError(path, f"cannot read the file ({exc.strerror or exc})") from None
+    with _open(path, "a file") as fh:
+        try:
+            data = fh.read()
+        except OSError as exc:
+            raise ImageError(path, f"cannot read the file ({exc.strerror or exc})") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .io import ImageError, read_text
+from .resample import fill_problem
 from .transform import map_points, rigid_matrix, rigid_params
 
 __all__ = ["SavedTransform", "parse_params", "read_params"]
@@ -100,9 +101,9 @@ class SavedTransform:
                 f"image is {cols}x{rows} pixels but the transform in {self.name} was found on "
                 f"a {sc}x{sr} source; warp an image of the source's size (another channel, "
                 "a label image of the source)")
-        if not math.isfinite(fill) and image.dtype.kind != "f":
-            raise ImageError(path, f"a fill value of {fill} cannot be stored in its "
-                             f"{image.dtype.name} pixels; give a finite one (--fill)")
+        problem = fill_problem(image.dtype, fill)
+        if problem is not None:
+            raise ImageError(path, problem)
 
     def warp(self, image: np.ndarray, *, interp: str = "cubic", fill: float = 0.0,
              threads: int | None = None) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 from . import io
 from .errors import InputError
 from .register import DEFAULT_METRIC, DEFAULT_OPTIMIZER
+from .resample import fill_problem
 
 __all__ = ["AlignOptions", "Loaded", "PairOutcome", "Comparison", "LOG_COLUMNS", "read_input",
            "plan_outputs", "run_pair", "log_text", "compare_transforms"]
@@ -149,9 +150,9 @@ def plan_outputs(source: Loaded, output: str | None, params: str | None,
         the fill value cannot be stored in the source's type.
     """
     image = source.image
-    if not math.isfinite(fill) and image.dtype.kind != "f":
-        raise io.ImageError(source.path, f"a fill value of {fill} cannot be stored in its "
-                            f"{image.dtype.name} pixels; give a finite one (--fill)")
+    problem = fill_problem(image.dtype, fill)
+    if problem is not None:
+        raise io.ImageError(source.path, problem)
     out_image = output if output is not None else os.fspath(
         io.default_output_path(source.path, image.dtype, source.channels, folder))
     out_params = params if params is not None else os.fspath(Path(out_image).with_suffix(".json"))

@@ -37,8 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["warp", "ndimage_affine", "bilinear_nan", "default_threads", "INTERP_ORDERS",
-           "MAX_THREADS", "MIN_PIXELS_PER_THREAD", "THREADS_ENV"]
+__all__ = ["warp", "ndimage_affine", "bilinear_nan", "default_threads", "fill_problem",
+           "INTERP_ORDERS", "MAX_THREADS", "MIN_PIXELS_PER_THREAD", "THREADS_ENV"]
 
 INTERP_ORDERS = {"nearest": 0, "linear": 1, "cubic": 3}
 
@@ -133,6 +133,18 @@ def bilinear_nan(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) 
     if not every:
         out[~inside] = np.nan
     return out
+
+
+def fill_problem(dtype: np.dtype, fill: float) -> str | None:
+    """Why ``fill`` cannot be the value of output pixels of ``dtype``, or None if it can.
+
+    A non-finite fill (NaN, an infinity) fits only a floating-point image; checked before any
+    work by every command that warps (a pair, a batch's source, a stack, ``warp``).
+    """
+    if math.isfinite(fill) or np.dtype(dtype).kind == "f":
+        return None
+    return (f"a fill value of {fill} cannot be stored in its {np.dtype(dtype).name} pixels; "
+            "give a finite one (--fill)")
 
 
 def default_threads() -> int:

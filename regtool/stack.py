@@ -81,7 +81,7 @@ from .executors import bounded, default_jobs, open_executor
 from .pipeline import AlignOptions
 from .prepare import luminance
 from .register import _check_options, align
-from .resample import INTERP_ORDERS, warp
+from .resample import INTERP_ORDERS, fill_problem, warp
 from .transform import center_params, image_center, rigid_params
 
 __all__ = [
@@ -1076,6 +1076,36 @@ def _parse_reference(reference: str | int, n_frames: int, path: str) -> str | in
     return index
 
 
+def _planned_output(stack: Stack, out: str, inputs: list[str], fill: float
+                    ) -> tuple[str, list[str] | None]:
+    """Check where a resampled stack goes, before any work: ``("tiff", None)`` or
+    ``("folder", the frames' output names)``.
+
+    Raises
+    ------
+    regtool.io.ImageError
+        The fill value does not fit the stack's type, the output cannot be written there or
+        would overwrite an input, a TIFF stack is asked for as a folder, or two frames would
+        get the same name.
+    """
+    problem = fill_problem(stack.dtype, fill)
+    if problem is not None:
+        raise io.ImageError(stack.path, problem)
+    if Path(out).suffix.lower() in TIFF_SUFFIXES:
+        io.check_output_path(out, inputs)
+        return "tiff", None
+    if stack.kind == "tiff":
+        raise io.ImageError(out, "a TIFF stack is written as a TIFF: name the output .tif or "
+                                 ".tiff")
+    _check_folder_output(out)
+    assert stack.files is not None
+    names = [_frame_name(f, stack.dtype, stack.samples) for f in stack.files]
+    if len(set(names)) != len(names):
+        raise io.ImageError(out, "two frames would get the same output name (e.g. a.gif and "
+                                 "a.png); name a .tif output instead")
+    return "folder", names
+
+
 def _default_output(stack: Stack, folder: str, tag: str = "aligned") -> str:
     if stack.kind == "tiff":
         p = Path(stack.path)
@@ -1188,25 +1218,9 @@ def plan_stack(path: str | os.PathLike, output: str | None = None, table: str | 
     try:
         ref = _parse_reference(reference, stack.n_frames, stack.path)
         _check_channel(stack, channel)
-        if not math.isfinite(options.fill) and stack.dtype.kind != "f":
-            raise io.ImageError(stack.path, f"a fill value of {options.fill} cannot be stored in "
-                                            f"its {stack.dtype.name} pixels; give a finite one")
         out = output if output is not None else _default_output(stack, folder)
-        kind = "tiff" if Path(out).suffix.lower() in TIFF_SUFFIXES else "folder"
         inputs = stack.input_paths()
-        names = None
-        if kind == "tiff":
-            io.check_output_path(out, inputs)
-        elif stack.kind == "tiff":
-            raise io.ImageError(out, "a TIFF stack is written as a TIFF: name the output .tif "
-                                     "or .tiff")
-        else:
-            _check_folder_output(out)
-            assert stack.files is not None
-            names = [_frame_name(f, stack.dtype, stack.samples) for f in stack.files]
-            if len(set(names)) != len(names):
-                raise io.ImageError(out, "two frames would get the same output name (e.g. "
-                                         "a.gif and a.png); name a .tif output instead")
+        kind, names = _planned_output(stack, out, inputs, options.fill)
         csv_path, json_path = _table_paths(out, table)
         for p in (csv_path, json_path):
             io.check_output_path(p, inputs)
@@ -1577,21 +1591,7 @@ def apply_table(stack_path: str | os.PathLike, table_path: str | os.PathLike,
             raise io.ImageError(table_path, f"the table is for frames of {shape[1]}x{shape[0]} "
                                             f"pixels but {stack.path}'s are "
                                             f"{stack.shape[1]}x{stack.shape[0]}")
-        if not math.isfinite(fill) and stack.dtype.kind != "f":
-            raise io.ImageError(stack.path, f"a fill value of {fill} cannot be stored in its "
-                                            f"{stack.dtype.name} pixels; give a finite one")
-        inputs = stack.input_paths() + [table_path]
-        kind = "tiff" if Path(output).suffix.lower() in TIFF_SUFFIXES else "folder"
-        names = None
-        if kind == "tiff":
-            io.check_output_path(output, inputs)
-        elif stack.kind == "tiff":
-            raise io.ImageError(output, "a TIFF stack is written as a TIFF: name the output "
-                                        ".tif or .tiff")
-        else:
-            _check_folder_output(output)
-            assert stack.files is not None
-            names = [_frame_name(f, stack.dtype, stack.samples) for f in stack.files]
+        kind, names = _planned_output(stack, output, stack.input_paths() + [table_path], fill)
         writer = _Writer(stack, output, kind, names)
         try:
             writer.write(_aligned_pages(stack, matrices.__getitem__, interp, fill, progress,

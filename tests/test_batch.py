@@ -21,11 +21,10 @@ import distributed
 import numpy as np
 import pytest
 import synth
-from click.testing import CliRunner
+from clitools import run
 
 from regtool import batch, io, pipeline
 from regtool.cli import align as cli_align
-from regtool.cli import cli
 
 SHAPE = (64, 64)
 SHIFT_TOL = 0.05  # px: 8-bit quantization of a 64x64 crop costs about 0.01
@@ -67,8 +66,6 @@ def work(tmp_path, monkeypatch):
     return tmp_path
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def rows_by_source(path: Path) -> dict[str, dict[str, str]]:

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from click.testing import CliRunner
+from clitools import listing, run
 
 import regtool
 from regtool import cli as cli_module
 from regtool import io
 from regtool.cli import align as cli_align
-from regtool.cli import cli
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 SIZE = 96
@@ -73,12 +72,8 @@ def work(tmp_path, monkeypatch, pair_arrays):
     return tmp_path
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def listing(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
 
 
 def assert_one_line_error(result, path: str | None, *words: str) -> str:

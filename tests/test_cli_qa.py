@@ -11,19 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from click.testing import CliRunner
+from clitools import as_uint8, run
+from clitools import tree as listing
 from synth import make_pair, photo
 
 from regtool import batch, io, qa
-from regtool.cli import cli
 from regtool.cli import options as cli_options
 from regtool.pipeline import AlignOptions
 
 SIZE = (80, 96)  # rows, cols
 
 
-def as_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(image * 255, 0, 255).round().astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +38,8 @@ def work(tmp_path, monkeypatch, pair):
     return tmp_path
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def listing(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 def one_line_error(result, prefix: str, *words: str) -> str:

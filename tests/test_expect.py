@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from clitools import run
 from synth import make_pair, photo
 
 from regtool import io, pipeline
-from regtool.cli import cli
 from regtool.cli.align import DEFAULT_TOLERANCE
 from regtool.transform import (
     about_center,
@@ -142,8 +141,6 @@ def work(tmp_path, monkeypatch, pair):
     return tmp_path
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def expected_file(path: Path, matrix: np.ndarray, **extra) -> str:

@@ -42,12 +42,11 @@ from typing import Any
 
 import pytest
 import tifffile
-from click.testing import CliRunner
+from clitools import run
 from test_batch import assert_recovered, write_sources, write_target
 from test_stack import make_frames
 
 from regtool import batch, io
-from regtool.cli import cli
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 PAGE = 4096  # tmpfs counts its size in pages
@@ -400,8 +399,6 @@ def read_only(tmp_path: Path, hooks: Callable[[dict[str, Any]], None]
 # --------------------------------------------------------------------------------------------
 
 
-def run(*args: Any) -> Any:
-    return CliRunner().invoke(cli, [os.fspath(a) for a in args])
 
 
 def error_lines(stderr: str) -> list[str]:

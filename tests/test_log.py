@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from clitools import as_uint8, run
+from clitools import tree as listing
 from scipy import ndimage
 from synth import make_pair, photo
 
@@ -19,15 +20,12 @@ import regtool
 from regtool import batch, io, pipeline
 from regtool import loss as L
 from regtool import optimize as O
-from regtool.cli import cli
 from regtool.pipeline import AlignOptions
 from regtool.transform import image_center, rigid_matrix
 
 HEADER = ["level", "iteration", "loss", "step_px", "damping", "accepted", "elapsed_ms"]
 
 
-def as_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(image * 255, 0, 255).round().astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +43,8 @@ def work(tmp_path, monkeypatch, noisy):
     return tmp_path
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def listing(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 def read_log(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:

@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from click.testing import CliRunner
+from clitools import run
 from synth import endpoint_error, photo
 
 from regtool import io
 from regtool import stack as stacks
-from regtool.cli import cli
 from regtool.executors import open_executor
 from regtool.pipeline import AlignOptions
 from regtool.resample import warp
@@ -366,10 +365,10 @@ def test_streaming_keeps_the_parent_far_below_the_stack_size(tmp_path, pool):
     # a first run imports what the measured ones use: the imports are not the stream's
     stacks.register_stack(tmp_path / "warm.tif", os.fspath(tmp_path / "w.tif"),
                           reference="previous", executor=pool)
-    for run in ("register", "apply"):
+    for stage in ("register", "apply"):
         tracemalloc.start()
         try:
-            if run == "register":
+            if stage == "register":
                 # init none: the drift is small, and the stream, not the search, is measured
                 outcome = stacks.register_stack(path, os.fspath(tmp_path / "r.tif"),
                                                 reference="previous", executor=pool, window=4,
@@ -381,7 +380,7 @@ def test_streaming_keeps_the_parent_far_below_the_stack_size(tmp_path, pool):
             tracemalloc.stop()
         # measured: 0.43 MB registering (a page, its spline coefficients, the table's rows and
         # its text), 0.28 MB applying a table, for a 1.5 MB stack
-        assert peak < stack_bytes / 3, (run, peak, stack_bytes)
+        assert peak < stack_bytes / 3, (stage, peak, stack_bytes)
     assert all(r["converged"] for r in outcome.rows)
 
 
@@ -403,8 +402,6 @@ def test_stop_leaves_no_file_and_starts_no_new_work(tmp_path, drift_tif, pool):
 # --------------------------------------------------------------------------------------------
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_cli_stack_defaults_and_exit_statuses(tmp_path, monkeypatch):

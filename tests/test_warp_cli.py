@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from clitools import listing, run
 
 import regtool
 from regtool import io
-from regtool.cli import cli
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 SIZE = 96
@@ -51,12 +50,8 @@ def label_image() -> np.ndarray:
     return ((rows // 16 * 6 + cols // 16) % 7 + 1).astype(np.uint8)
 
 
-def run(*args: str, input: bytes | str | None = None):
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
 
 
-def listing(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
 
 
 def assert_one_line_error(result, path: str | None, *words: str) -> str:

@@ -298,32 +298,39 @@ def align_command(
         raise click.UsageError(f"--tolerance must be a finite number of pixels, not "
                                f"{tolerance}", ctx)
     if batch.is_batch(sources):
-        if qa is not None:
-            raise Failure("--qa names the picture of one pair; in a batch, --qa-dir DIR "
-                          "writes one per source (DIR/<stem>_qa.png)")
-        if log is not None:
-            raise Failure("--log names the iteration log of one pair; in a batch, --log-dir "
-                          "DIR writes one per source (DIR/<stem>_log.csv)")
-        if expect is not None:
-            raise Failure("--expect checks the transform of one pair; in a batch each source "
-                          "has its own (see results.csv), so run one regtool align --expect "
-                          "per pair")
+        for given, message in ((qa, _PAIR_ONLY["qa"]), (log, _PAIR_ONLY["log"]),
+                               (expect, _PAIR_ONLY["expect"])):
+            if given is not None:
+                raise Failure(message)
         return _align_batch(target, sources, output, params, as_json, jobs, skip_existing,
                             scheduler, target_mask, source_mask, quiet, options, qa_dir,
                             max_pixels, log_dir=log_dir)
-    for flag, given in (("--skip-existing", skip_existing), ("--scheduler", scheduler)):
+    for given, message in ((skip_existing, _BATCH_ONLY["skip_existing"]),
+                           (scheduler, _BATCH_ONLY["scheduler"]),
+                           (qa_dir, _BATCH_ONLY["qa_dir"]), (log_dir, _BATCH_ONLY["log_dir"])):
         if given:
-            raise Failure(f"{flag} applies to batches (several sources, a folder or a glob "
-                          "pattern), not to one pair")
-    if qa_dir is not None:
-        raise Failure("--qa-dir applies to batches (several sources, a folder or a glob "
-                      "pattern); for one pair, --qa FILE.png names the picture")
-    if log_dir is not None:
-        raise Failure("--log-dir applies to batches (several sources, a folder or a glob "
-                      "pattern); for one pair, --log FILE.csv names the iteration log")
+            raise Failure(message)
     return _align_pair(target, sources[0], output, params, as_json, target_mask, source_mask,
                        quiet, options, qa=qa, expect=expect, tolerance=tolerance,
                        max_pixels=max_pixels, log=log)
+
+
+_BATCHES = "applies to batches (several sources, a folder or a glob pattern)"
+# Options of one pair refused in a batch, and of batches refused for one pair: what to say.
+_PAIR_ONLY = {
+    "qa": "--qa names the picture of one pair; in a batch, --qa-dir DIR writes one per source "
+          "(DIR/<stem>_qa.png)",
+    "log": "--log names the iteration log of one pair; in a batch, --log-dir DIR writes one "
+           "per source (DIR/<stem>_log.csv)",
+    "expect": "--expect checks the transform of one pair; in a batch each source has its own "
+              "(see results.csv), so run one regtool align --expect per pair",
+}
+_BATCH_ONLY = {
+    "skip_existing": f"--skip-existing {_BATCHES}, not to one pair",
+    "scheduler": f"--scheduler {_BATCHES}, not to one pair",
+    "qa_dir": f"--qa-dir {_BATCHES}; for one pair, --qa FILE.png names the picture",
+    "log_dir": f"--log-dir {_BATCHES}; for one pair, --log FILE.csv names the iteration log",
+}
 
 
 def _read_expected(expect: str, target: Any, source: Any) -> Any:

@@ -57,6 +57,34 @@ def stderr_is_terminal() -> bool:
         return False
 
 
+class FrameBar:
+    """tqdm bars on stderr over a stack's frames: over the mean pass, then over the frames
+    written (``regtool stack``, ``regtool warp --transforms``)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.stage = ""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if stage != self.stage:
+            self.close()
+            from tqdm import tqdm
+
+            desc = "mean frame" if stage == "mean" else "frames"
+            self.bar = tqdm(total=total, desc=desc, unit="frame", file=sys.stderr,
+                            leave=False, dynamic_ncols=True)
+            self.stage = stage
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 class StopSignals:
     """While active (``with``), SIGINT and SIGTERM are noted instead of stopping the process.
 

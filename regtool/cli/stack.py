@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 import click
@@ -12,6 +11,7 @@ from .options import (
     EXIT_NOT_CONVERGED,
     EXIT_OK,
     Failure,
+    FrameBar,
     StopSignals,
     align_options,
     max_pixels_option,
@@ -98,33 +98,6 @@ class ReferenceType(click.ParamType):
             self.fail(f"{value!r} is neither first, previous, mean nor a frame index (0, 1, "
                       "2...)", param, ctx)
         return index
-
-
-class _FrameBar:
-    """tqdm bars on stderr: over the mean pass, then over the frames written."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar: Any = None
-        self.stage = ""
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if stage != self.stage:
-            self.close()
-            from tqdm import tqdm
-
-            desc = "mean frame" if stage == "mean" else "frames"
-            self.bar = tqdm(total=total, desc=desc, unit="frame", file=sys.stderr,
-                            leave=False, dynamic_ncols=True)
-            self.stage = stage
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def _summary(outcome: Any, plan: Any) -> str:
@@ -245,7 +218,7 @@ def stack_command(input_path: str, output: str | None, table: str | None,
     except io.ImageError as exc:
         raise Failure(str(exc)) from None
 
-    bar = _FrameBar(enabled=not quiet and stderr_is_terminal())
+    bar = FrameBar(enabled=not quiet and stderr_is_terminal())
     signals = StopSignals(second_stops=True)
     try:
         with plan, signals:

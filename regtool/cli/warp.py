@@ -217,10 +217,9 @@ def _warp_stack(stack_path: str, table: str, output: str | None, interp: str, fi
     from regtool import io
     from regtool import stack as stacks
 
-    from .options import StopSignals
-    from .stack import _FrameBar
+    from .options import FrameBar, StopSignals
 
-    bar = _FrameBar(enabled=not quiet and stderr_is_terminal())
+    bar = FrameBar(enabled=not quiet and stderr_is_terminal())
     signals = StopSignals(second_stops=True)
     try:
         out = output if output is not None else stacks.default_output(
