@@ -38,6 +38,8 @@ from .resample import ndimage_affine
 
 __all__ = [
     "LevelImages",
+    "Taps",
+    "Evaluation",
     "prepare_level",
     "spline_view",
     "spline_at",
@@ -74,6 +76,56 @@ PROBE_PIXELS = 1 << 13
 SELECT_SPACING = 2
 # Central-difference step (source pixels) for the source's derivative in loss_and_gradient.
 FD_STEP = 1e-2
+
+
+@dataclass
+class Taps:
+    """One sampling of the source spline (:meth:`LevelImages.sample_taps`).
+
+    Attributes
+    ----------
+    rc : (2, n) float64
+        The sampled (row, col) positions.
+    values : (n,) float32
+        The spline there (0 where the sampling's ``valid`` was False).
+    block : (4, 4, n) float32
+        Each point's 4x4 coefficients, rows first (meaningless where not ``inside``).
+    wy : (4, n) float32
+        The value weights along the rows.
+    along_x : (4, n) float32
+        ``block`` contracted with the value weights along the columns.
+    inside : (n,) bool
+        Points whose 4x4 taps lie inside the image (the others were sampled by scipy).
+    """
+
+    rc: np.ndarray
+    values: np.ndarray
+    block: np.ndarray
+    wy: np.ndarray
+    along_x: np.ndarray
+    inside: np.ndarray
+
+
+@dataclass
+class Evaluation:
+    """The loss evaluated at one point of a solve: what the error bars read at the answer.
+
+    Attributes
+    ----------
+    matrix : (3, 3) ndarray
+        Target -> source, level pixels.
+    valid : (n,) bool
+        The points in the overlap there.
+    taps : Taps
+        The source's sampling.
+    residual : Residual
+        The residual (without ``e_grad``).
+    """
+
+    matrix: np.ndarray
+    valid: np.ndarray
+    taps: Taps
+    residual: Residual
 
 
 @dataclass
@@ -175,6 +227,11 @@ class LevelImages:
         at most 5e-7 px and changed no error by more than 2e-5 of itself. Points whose taps
         leave the image (a sample exactly on the margin) go through scipy.
         """
+        return self.sample_taps(rc, valid).values
+
+    def sample_taps(self, rc: np.ndarray, valid: np.ndarray) -> Taps:
+        """:meth:`sample_cubic`, with the taps and weights that made the values (:class:`Taps`):
+        the spline's derivatives at the same points then cost two contractions."""
         coeffs = self.source_coeffs
         h, w = coeffs.shape
         wy, fy = _cubic_weights(rc[0], np.float32)
@@ -188,13 +245,14 @@ class LevelImages:
             first[~inside] = 0
         block = coeffs.reshape(-1)[first + _taps(w)].astype(np.float32, copy=False)
         block = block.reshape(4, 4, -1)
-        out = np.einsum("an,an->n", wy, np.einsum("bn,abn->an", wx, block))
+        along_x = np.einsum("bn,abn->an", wx, block)
+        out = np.einsum("an,an->n", wy, along_x)
         out[~valid] = 0.0
         edge = np.flatnonzero(valid & ~inside)
         if edge.size:
             out[edge] = ndimage.map_coordinates(coeffs, rc[:, edge], output=np.float32,
                                                 order=ORDER, mode="mirror", prefilter=False)
-        return out
+        return Taps(rc, out, block, wy, along_x, inside)
 
     def overlap(self, matrix: np.ndarray, rc: np.ndarray | None = None) -> np.ndarray:
         """Points that count at ``matrix``: valid in the target and mapping inside the source.

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,12 +45,25 @@ class LevelOutcome:
     converged: bool
     reason: str | None
     overlap: float
-    # Gauss-Newton only, at its last evaluated point: the (centred) J^T J over the overlap, the
-    # objective mean(e**2), and what unit noise in the target's gradients adds to J^T J (see
-    # :func:`regtool.uncertainty.quick_covariance`).
+    # Gauss-Newton only, at its last accepted point: the (centred) J^T J over the overlap, the
+    # objective mean(e**2), and that point's evaluation (the error bars read it: the answer is
+    # at most the tolerance away from it).
     hessian: np.ndarray | None = None
     objective: float = math.nan
-    gradient_noise: np.ndarray | None = None
+    evaluation: L.Evaluation | None = field(default=None, repr=False)
+    # the level and rotation center of the solve, for gradient_noise
+    level: L.LevelImages | None = field(default=None, repr=False)
+    center: tuple[float, float] | None = None
+
+    @cached_property
+    def gradient_noise(self) -> np.ndarray | None:
+        """What unit noise in the target's gradients adds to ``hessian`` at the last accepted
+        point (see :func:`regtool.uncertainty.quick_covariance`); None without one. Made on
+        first use: only the driver's level choice reads it."""
+        if self.evaluation is None or self.level is None or self.center is None:
+            return None
+        return _gradient_noise(self.level, self.center, self.evaluation.valid,
+                               self.evaluation.residual.count)
 
 
 def _note(log: IterationLog, iteration: int, loss: float, step_px: float | None,
@@ -104,16 +118,15 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
     sd[2] = gy * (xs - center[0]) - gx * (ys - center[1])
     del xs, ys
     h_all = L.gram(sd if n_target == tv.size else sd[:, tv])
-    # (hessian, objective, overlap, its count) at the last accepted point; the gradient-noise
-    # sums are made from it once, on return (only the driver's level choice reads them)
-    stats: tuple[np.ndarray, float, np.ndarray, int] | None = None
+    # (hessian, evaluation) at the last accepted point
+    stats: tuple[np.ndarray, L.Evaluation] | None = None
 
     def outcome(mat: np.ndarray, converged: bool, reason: str | None) -> LevelOutcome:
         if stats is None:
             return LevelOutcome(mat, it, best_loss, converged, reason, overlap)
-        h, objective, on, count = stats
-        return LevelOutcome(mat, it, best_loss, converged, reason, overlap, h, objective,
-                            _gradient_noise(level, center, on, count))
+        h, evaluation = stats
+        return LevelOutcome(mat, it, best_loss, converged, reason, overlap, h,
+                            evaluation.residual.objective, evaluation, level, center)
 
     # sum of the steepest-descent images over the usable points, for the ncc centring while
     # every one of them is in the overlap (the usual case); computed once, as the loop would
@@ -142,8 +155,8 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
             # sample_cubic beats scipy's affine_transform on a whole grid too (0.25 -> 0.14 ms
             # on a 75x62 grid)
             rc = level.source_coords(m)
-        res = L.residual(level.sample_cubic(rc, valid), level.target, valid, metric,
-                         gradient=False)
+        taps = level.sample_taps(rc, valid)
+        res = L.residual(taps.values, level.target, valid, metric, gradient=False)
         if prev is not None:
             rise = res.objective - prev[3]
             if rise > 1e-6 * prev[3] and rise > 0.25 * prev[4]:
@@ -179,7 +192,7 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
                 total = sd_sum
             mean = total.astype(np.float64) / res.count
             h = h - res.count * np.outer(mean, mean)
-        stats = (h, res.objective, valid, res.count)
+        stats = (h, L.Evaluation(m, valid, taps, res))
         try:
             step = np.linalg.solve(h + lam * np.diag(np.diag(h)), b)
         except np.linalg.LinAlgError:

@@ -122,6 +122,8 @@ class _Descent:
     loss: float
     finest: L.LevelImages | None  # the data of the level the answer comes from
     answer_level: int = 0  # 0, or 1 when level 1's answer is expected to be closer
+    # that level's solve's last accepted evaluation (Gauss-Newton), for the error bars
+    evaluation: L.Evaluation | None = None
 
 
 def _luminance(image: np.ndarray, which: str, mask: np.ndarray | None
@@ -241,7 +243,9 @@ def _descend(pyr: _Pyramids, schedule: list[int], m: np.ndarray, prepared: dict[
         reason = "stopped before the finest level"
     if reason is not None and reason.startswith("did not converge") and records:
         reason = f"{reason} at level {records[-1].level}"
-    return _Descent(m, records, converged, reason, loss_value, finest, answer_level)
+    evaluation = answers[answer_level].evaluation if answer_level in answers else None
+    return _Descent(m, records, converged, reason, loss_value, finest, answer_level,
+                    evaluation)
 
 
 def _level_log(log: Callable[[IterationRecord], None], k: int, t_start: float
@@ -393,7 +397,7 @@ def _error_bars(descent: _Descent, m: np.ndarray, metric: str, converged: bool,
             "error bar around it describes")
     k = descent.answer_level
     return U.estimate(descent.finest, to_level(m, k), image_center(descent.finest.shape), metric,
-                      level_index=k, full_shape=pyr.f[0].shape)
+                      level_index=k, full_shape=pyr.f[0].shape, evaluation=descent.evaluation)
 
 
 def align(

@@ -41,6 +41,7 @@ import numpy as np
 from scipy import special
 
 from . import loss as L
+from .transform import center_params
 
 __all__ = ["Uncertainty", "estimate", "mean_endpoint", "quick_covariance"]
 
@@ -245,6 +246,21 @@ def _source_samples(coeffs: np.ndarray, rc: np.ndarray
     return value, gx, gy
 
 
+def _derivatives(coeffs: np.ndarray, taps: L.Taps) -> tuple[np.ndarray, np.ndarray]:
+    """The source spline's derivatives along x' and y' at the points of a sampling, float32:
+    the exact derivative weights on the taps the values were made of (see
+    :func:`_source_samples`)."""
+    h, w = coeffs.shape
+    _, dy, _, _ = _axis_weights(taps.rc[0], h)
+    _, dx, _, _ = _axis_weights(taps.rc[1], w)
+    gx = np.einsum("an,an->n", taps.wy, np.einsum("bn,abn->an", dx, taps.block))
+    gy = np.einsum("an,an->n", dy, taps.along_x)
+    if not taps.inside.all():
+        edge = np.flatnonzero(~taps.inside)
+        _, gx[edge], gy[edge] = _border_samples(coeffs, taps.rc[:, edge])
+    return gx, gy
+
+
 def _steepest(gx: np.ndarray, gy: np.ndarray, xs: np.ndarray, ys: np.ndarray,
               center: tuple[float, float]) -> np.ndarray:
     """``grad . dPsi/d(sx, sy, theta)`` about ``center``, as a (3, n) float64 array."""
@@ -258,7 +274,8 @@ def _steepest(gx: np.ndarray, gy: np.ndarray, xs: np.ndarray, ys: np.ndarray,
 
 def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
              metric: str, block: int = BLOCK, *, level_index: int = 0,
-             full_shape: tuple[int, int] | None = None) -> Uncertainty:
+             full_shape: tuple[int, int] | None = None,
+             evaluation: L.Evaluation | None = None) -> Uncertainty:
     """Covariance and error bars of a converged registration at the level of its answer.
 
     Parameters
@@ -278,40 +295,64 @@ def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
         pixels (the pyramid keeps the center where it is, so theta is the same).
     full_shape : (rows, cols), optional
         The full-resolution target's shape (default: the level's own).
+    evaluation : Evaluation, optional
+        The solver's evaluation at its last accepted point on this level (``metric`` the
+        same), which is at most the solver's tolerance from ``matrix``: the estimate is then
+        made there, from its samples, instead of sampling the source again (half the cost;
+        the bars differ by a tolerance's effect on the gradients, far below their own error).
 
     Returns
     -------
     Uncertainty
         With ``reason`` set and the numbers None when the estimate cannot be trusted.
     """
-    rc = level.source_coords(matrix)
-    valid = level.overlap(matrix, rc)
-    # every point in the overlap (the usual case): no masked copies of the per-point arrays
-    every = bool(valid.all())
+    at = matrix  # where the residuals and the source's gradients are read
+    if evaluation is not None:
+        at, valid, res = evaluation.matrix, evaluation.valid, evaluation.residual
+        every = bool(valid.all())
+        gxs, gys = _derivatives(level.source_coeffs, evaluation.taps)
+        if not every:
+            gxs, gys = gxs[valid], gys[valid]
+    else:
+        rc = level.source_coords(matrix)
+        valid = level.overlap(matrix, rc)
+        # every point in the overlap (the usual case): no masked copies of the per-point arrays
+        every = bool(valid.all())
+        # the residual reads the warped source on the overlap only (np.compress: indexing a 2-D
+        # array with a mask along its second axis took 0.17 ms here, compress 0.03 ms)
+        value, gxs, gys = _source_samples(level.source_coeffs,
+                                          rc if every else np.compress(valid, rc, axis=1))
+        if every:
+            warped = value
+        else:
+            warped = np.zeros(level.target.shape, dtype=np.float32)
+            warped[valid] = value
+        res = L.residual(warped, level.target, valid, metric, gradient=False)
 
     def on(values: np.ndarray) -> np.ndarray:
         return values if every else values[valid]
 
-    # the residual reads the warped source on the overlap only (np.compress: indexing a 2-D
-    # array with a mask along its second axis took 0.17 ms here, compress 0.03 ms)
-    value, gxs, gys = _source_samples(level.source_coeffs,
-                                      rc if every else np.compress(valid, rc, axis=1))
-    if every:
-        warped = value
-    else:
-        warped = np.zeros(level.target.shape, dtype=np.float32)
-        warped[valid] = value
-    res = L.residual(warped, level.target, valid, metric, gradient=False)
     if res.count < 3 * MIN_BLOCKS or not math.isfinite(res.objective):
         return Uncertainty.unavailable("too few pixels in the overlap to estimate it")
     xs, ys = (on(c).astype(np.float64) for c in level.coords())
     jt = _steepest(on(level.grad_x), on(level.grad_y), xs, ys, center)
-    a = matrix[:2, :2]
+    a = at[:2, :2]
     # d g(Psi(x)) / dx = A^T grad g(Psi(x)), A the linear part of Psi
     gxs, gys = a[0, 0] * gxs + a[1, 0] * gys, a[0, 1] * gxs + a[1, 1] * gys
     js = _steepest(gxs, gys, xs, ys, center)
     js *= res.gain
     e = on(res.e).astype(np.float64)
+    if at is not matrix:
+        # the residuals carried to the answer to first order: g(M D x) ~ g(M x) + J_s dp for
+        # the small motion D = M^-1 M_answer of the target's frame. Up to the solver's
+        # tolerance, it is most of the residuals' signal on a noise-free pair, and on a coarse
+        # level's answer (0.01 of its pixels) several error bars: left in, it would count as
+        # noise in V.
+        dp = np.array(center_params(np.linalg.inv(at) @ matrix, center))
+        moved = dp @ js
+        if metric == "ncc":
+            moved -= moved.mean()
+        e += moved
     if metric == "ncc":
         # the fitted offset: the estimating equation uses steepest-descent images centred over
         # the overlap (optimize.gauss_newton), and e is zero-mean there
@@ -331,6 +372,10 @@ def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
         return Uncertainty.unavailable(
             f"too little of the image overlaps to estimate it ({n_blocks} blocks of {block} px)")
     sums = np.stack([np.bincount(cluster, weights=row * e, minlength=n_blocks) for row in jt])
+    # centred: the block sums add up to the estimating equation's b, zero at the solution; a
+    # point a tolerance away from it (the solver's last evaluation) leaves a b whose square
+    # would count as noise (on noise-free pairs it was most of V)
+    sums -= sums.mean(axis=1, keepdims=True)
     v = (sums @ sums.T) * (n_blocks / (n_blocks - 1))
     try:
         inv = np.linalg.inv(sens)
