@@ -371,3 +371,16 @@ def test_a_masked_hole_costs_only_its_pixels():
     assert err_hole < 0.003 and err_hole < 1.6 * max(err_whole, whole.uncertainty.endpoint_px)
     # and the error bar still describes the error
     assert with_hole.uncertainty.endpoint_px < 1.5 * whole.uncertainty.endpoint_px
+
+
+def test_the_finest_level_of_a_large_image_registers_on_more_points():
+    # Above LARGE_PIXELS the finest level's budget grows with the image (a LARGE_SHARE-th of its
+    # pixels, capped); smaller images and the other levels keep theirs.
+    from regtool import loss as L
+    from regtool import register as R
+
+    assert R._points(0, 1024 * 1024)["max_points"] == L.MAX_POINTS
+    assert R._points(0, 2048 * 2048)["max_points"] == 2048 * 2048 // R.LARGE_SHARE
+    assert R._points(0, 8192 * 8192)["max_points"] == R.LARGE_MAX_POINTS
+    assert R._points(1, 8192 * 8192)["max_points"] == R.LEVEL1_MAX_POINTS
+    assert R._points(2, 8192 * 8192)["max_points"] == L.MAX_POINTS
