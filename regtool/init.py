@@ -116,7 +116,7 @@ def _polar_spectrum(image: np.ndarray, size: int) -> np.ndarray:
     spec = np.log1p(np.abs(sfft.rfft2(_padded(image, (size, size)))))
     taps, weights, shape = _polar_grid(size)
     # summed in float64 and rounded to the spectrum's type, as scipy does
-    polar = np.einsum("kn,kn->n", spec.reshape(-1)[taps], weights).astype(spec.dtype)
+    polar = np.einsum("kn,kn->n", np.take(spec.reshape(-1), taps), weights).astype(spec.dtype)
     polar = polar.reshape(shape)
     polar -= polar.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(polar, axis=1, keepdims=True)

@@ -118,8 +118,8 @@ def bilinear_nan(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) 
     first *= w
     first += fx.astype(np.intp)
     flat = image.reshape(-1)
-    c00, c01 = flat[first], flat[first + 1]
-    c10, c11 = flat[first + w], flat[first + (w + 1)]
+    c00, c01 = np.take(flat, first), np.take(flat, first + 1)
+    c10, c11 = np.take(flat, first + w), np.take(flat, first + (w + 1))
     top = c01 - c00.astype(np.float64)
     top *= x
     top += c00
