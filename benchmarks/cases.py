@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -411,7 +411,6 @@ def make_case(photo: Photo, tier: str, h: int, w: int, rng: np.random.Generator,
     m = rigid_about_center(math.radians(theta_deg), shift, c)
     minv = np.linalg.inv(m)
     # Choose the crop offset so that every source pixel's pre-image lies inside the photo.
-    ys, xs = np.mgrid[0:h, 0:w].astype(float)
     corners = np.array([[0, w - 1, 0, w - 1], [0, 0, h - 1, h - 1], [1, 1, 1, 1]], float)
     pre = minv @ corners
     lo_x, hi_x, lo_y, hi_y = _crop_range(photo, pre[:2].min(axis=1), pre[:2].max(axis=1), h, w)
@@ -419,9 +418,7 @@ def make_case(photo: Photo, tier: str, h: int, w: int, rng: np.random.Generator,
         raise ValueError(f"photo {photo.name} {photo.image.shape} too small for {name}")
     ox = float(np.floor(rng.uniform(lo_x, hi_x)))
     oy = float(np.floor(rng.uniform(lo_y, hi_y)))
-    sx = minv[0, 0] * xs + minv[0, 1] * ys + minv[0, 2] + ox
-    sy = minv[1, 0] * xs + minv[1, 1] * ys + minv[1, 2] + oy
-    source = sample(photo.spline, sx, sy)
+    source = _warped_source(photo, m, ox, oy, h, w)
     if target_photo is None:
         target = photo.image[int(oy):int(oy) + h, int(ox):int(ox) + w].astype(np.float32)
     else:
@@ -449,6 +446,38 @@ def make_case(photo: Photo, tier: str, h: int, w: int, rng: np.random.Generator,
                 target_photo="" if target_photo is None else target_photo.name,
                 offset=(int(ox), int(oy)) if target_photo is None else None, scene=photo,
                 noise=float(sigma))
+
+
+def _warped_source(photo: Photo, m: np.ndarray, ox: float, oy: float, h: int, w: int
+                   ) -> np.ndarray:
+    """The noise-free source: the photograph's spline where ``m`` sends the target's pixels,
+    the target being the crop at ``(ox, oy)``."""
+    minv = np.linalg.inv(m)
+    ys, xs = np.mgrid[0:h, 0:w].astype(float)
+    sx = minv[0, 0] * xs + minv[0, 1] * ys + minv[0, 2] + ox
+    sy = minv[1, 0] * xs + minv[1, 1] * ys + minv[1, 2] + oy
+    return sample(photo.spline, sx, sy)
+
+
+def redraw(case: Case, rng: np.random.Generator, draw: int) -> Case:
+    """``case`` with fresh noise: the same scene, geometry, gain and bias, new noise draws.
+
+    The noise-free target and source are made again from the scene (as :func:`make_case` made
+    them) and the tier's noise is drawn from ``rng``; the name gets ``#<draw>``. Only for a
+    related noisy case (its ``scene`` and ``offset`` kept).
+    """
+    if case.scene is None or case.offset is None or not case.noise:
+        raise ValueError(f"{case.name}: only a related noisy case can be drawn again")
+    h, w = case.target.shape
+    ox, oy = case.offset
+    target = case.scene.image[oy:oy + h, ox:ox + w].astype(np.float32)
+    source = _warped_source(case.scene, case.matrix, float(ox), float(oy), h, w)
+    target = target + rng.normal(0.0, case.noise, target.shape).astype(np.float32)
+    source = source + rng.normal(0.0, case.noise, source.shape).astype(np.float32)
+    source = case.gain * source + case.bias
+    return replace(case, name=f"{case.name}#{draw}",
+                   target=np.ascontiguousarray(target, dtype=np.float32),
+                   source=np.ascontiguousarray(source, dtype=np.float32))
 
 
 def _partner(index: int, n: int) -> int:

@@ -79,3 +79,24 @@ def test_bound_of_a_translation_only_scene_scales_with_noise() -> None:
     # gain: the source's noise over its gain is what counts
     b3 = B.bound(spline, (10, 10), m, shape, shape, sigma_t=1.0, sigma_s=2.0, gain=2.0)
     assert b3.endpoint_px == pytest.approx(b1.endpoint_px, rel=1e-9)
+
+
+def test_a_redrawn_case_keeps_its_scene_and_draws_new_noise() -> None:
+    # The bench's noise redraws (bench.draw_again): the same geometry, gain and bias, the
+    # noise-free images made again exactly, fresh noise of the tier's level.
+    import cases as C
+
+    photos = C.load_photos()
+    case = next(C.make_cases(photos, (64, 80), "gain", 1, seed=3))
+    again = C.redraw(case, np.random.default_rng(1), 1)
+    assert again.name == case.name + "#1"
+    assert np.array_equal(again.matrix, case.matrix) and again.gain == case.gain
+    # both draws hold one noise-free target: their difference is two draws of the noise
+    diff_t = (again.target - case.target).astype(np.float64)
+    assert abs(diff_t.mean()) < 0.1 * case.noise
+    assert math.isclose(diff_t.std(), math.sqrt(2) * case.noise, rel_tol=0.1)
+    diff_s = (again.source - case.source).astype(np.float64) / case.gain
+    assert math.isclose(diff_s.std(), math.sqrt(2) * case.noise, rel_tol=0.1)
+    clean = next(C.make_cases(photos, (64, 80), "small", 1, seed=3))
+    with pytest.raises(ValueError):
+        C.redraw(clean, np.random.default_rng(1), 1)
