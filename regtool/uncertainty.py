@@ -33,17 +33,19 @@ fields are None and ``reason`` says why.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy import special
+from scipy import ndimage, special
 
 from . import loss as L
-from .transform import center_params
+from .transform import about_center, center_params
 
-__all__ = ["Uncertainty", "estimate", "mean_endpoint", "quick_covariance"]
+__all__ = ["Uncertainty", "estimate", "refine", "mean_endpoint", "quick_covariance",
+           "gradient_noise_share", "SMOOTH_SHARE", "SMOOTH_SIGMA"]
 
 # Side (pixels of the finest level) of the blocks whose residual sums are taken as independent.
 # The residuals correlate over about 3 pixels (the target's 3x3 spline filters, the source's 4x4
@@ -272,6 +274,131 @@ def _steepest(gx: np.ndarray, gy: np.ndarray, xs: np.ndarray, ys: np.ndarray,
     return out
 
 
+# Blurred weightings are tried (:func:`refine`) where the target's gradient noise adds at least
+# this share to some diagonal entry of the answer's J^T J (:func:`gradient_noise_share`); on
+# the benchmark's noisy photographs it was 0.01-0.07 at 251x301 for textured ones, 0.13-0.9
+# for smooth or faint ones, where the plain weighting's errors were 1.5-2 times the bound.
+SMOOTH_SHARE = 0.1
+# The blur of the target for those weights, in level pixels. Over the benchmark's noisy tiers at
+# 251x301 (6 noise draws per case), 1.0, 1.5, 2.0 and 3.0 took the mean-square error of the
+# faint cases down by 25, 45, 44 and 30%; choosing among them by their error bars did worse
+# than any one (the bars differ by less than their own noise).
+SMOOTH_SIGMA = 1.5
+# A blurred weighting replaces the plain one only when its expected mean endpoint error is
+# below this share of the plain one's: both are estimates (from a few hundred blocks), and a
+# choice among near-equals would only pick the noisier estimate.
+SMOOTH_GAIN = 0.9
+
+
+@dataclass
+class _Pieces:
+    """What every weighting of the estimating equation shares at one answer: the overlap's
+    points, their source steepest-descent images and residuals (carried to the answer)."""
+
+    every: bool
+    valid: np.ndarray
+    xs: np.ndarray
+    ys: np.ndarray
+    js: np.ndarray
+    e: np.ndarray
+    count: int
+    objective: float
+
+    def on(self, values: np.ndarray) -> np.ndarray:
+        return values if self.every else values[self.valid]
+
+
+def _pieces(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
+            metric: str, evaluation: L.Evaluation | None) -> _Pieces:
+    at = matrix  # where the residuals and the source's gradients are read
+    if evaluation is not None:
+        at, valid, res = evaluation.matrix, evaluation.valid, evaluation.residual
+        every = bool(valid.all())
+        gxs, gys = _derivatives(level.source_coeffs, evaluation.taps)
+        if not every:
+            gxs, gys = gxs[valid], gys[valid]
+    else:
+        rc = level.source_coords(matrix)
+        valid = level.overlap(matrix, rc)
+        # every point in the overlap (the usual case): no masked copies of the per-point arrays
+        every = bool(valid.all())
+        # the residual reads the warped source on the overlap only (np.compress: indexing a 2-D
+        # array with a mask along its second axis took 0.17 ms here, compress 0.03 ms)
+        value, gxs, gys = _source_samples(level.source_coeffs,
+                                          rc if every else np.compress(valid, rc, axis=1))
+        if every:
+            warped = value
+        else:
+            warped = np.zeros(level.target.shape, dtype=np.float32)
+            warped[valid] = value
+        res = L.residual(warped, level.target, valid, metric, gradient=False)
+    xs, ys = ((c if every else c[valid]).astype(np.float64) for c in level.coords())
+    a = at[:2, :2]
+    # d g(Psi(x)) / dx = A^T grad g(Psi(x)), A the linear part of Psi
+    gxs, gys = a[0, 0] * gxs + a[1, 0] * gys, a[0, 1] * gxs + a[1, 1] * gys
+    js = _steepest(gxs, gys, xs, ys, center)
+    js *= res.gain
+    e = (res.e if every else res.e[valid]).astype(np.float64)
+    if at is not matrix:
+        # the residuals carried to the answer to first order: g(M D x) ~ g(M x) + J_s dp for
+        # the small motion D = M^-1 M_answer of the target's frame. Up to the solver's
+        # tolerance, it is most of the residuals' signal on a noise-free pair, and on a coarse
+        # level's answer (0.01 of its pixels) several error bars: left in, it would count as
+        # noise in V.
+        dp = np.array(center_params(np.linalg.inv(at) @ matrix, center))
+        moved = dp @ js
+        if metric == "ncc":
+            moved -= moved.mean()
+        e += moved
+    return _Pieces(every, valid, xs, ys, js, e, int(res.count), float(res.objective))
+
+
+def _sandwich(p: _Pieces, gx: np.ndarray, gy: np.ndarray, center: tuple[float, float],
+              metric: str, block: int, width: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
+    """``(S, b, V)`` of the estimating equation weighted by the target-side gradients
+    ``(gx, gy)`` at the overlap's points (see the module's docstring), or why not."""
+    jt = _steepest(gx, gy, p.xs, p.ys, center)
+    if metric == "ncc":
+        # the fitted offset: the estimating equation uses steepest-descent images centred over
+        # the overlap (optimize.gauss_newton), and e is zero-mean there
+        jt -= jt.mean(axis=1, keepdims=True)
+    # einsum, not BLAS: 3 x n times n x 3 is over OpenBLAS's threshold for threads from 29128
+    # points (see regtool.loss.dot)
+    sens = np.einsum("in,jn->ij", jt, p.js)
+    nbx = int(width // block) + 1
+    # integer division: on the float coordinates it took 0.3 ms at 16384 points
+    cluster = (p.ys.astype(np.intp) // block) * nbx + p.xs.astype(np.intp) // block
+    # the occupied blocks numbered in order (np.unique's inverse, without its sort: 0.05
+    # instead of 0.5 ms at 16384 points)
+    occupied = np.bincount(cluster) > 0
+    cluster = (np.cumsum(occupied) - 1)[cluster]
+    n_blocks = int(np.count_nonzero(occupied))
+    if n_blocks < MIN_BLOCKS:
+        return f"too little of the image overlaps to estimate it ({n_blocks} blocks of {block} px)"
+    sums = np.stack([np.bincount(cluster, weights=row * p.e, minlength=n_blocks) for row in jt])
+    b = sums.sum(axis=1)
+    # centred: the block sums add up to the estimating equation's b, zero at its solution; a
+    # point a tolerance away from it (the solver's last evaluation) leaves a b whose square
+    # would count as noise (on noise-free pairs it was most of V)
+    sums -= sums.mean(axis=1, keepdims=True)
+    v = (sums @ sums.T) * (n_blocks / (n_blocks - 1))
+    return sens, b, v
+
+
+def _covariance(sens: np.ndarray, v: np.ndarray) -> np.ndarray | None:
+    """``S^-1 V S^-T``, or None when ``S`` does not determine the motion."""
+    try:
+        inv = np.linalg.inv(sens)
+    except np.linalg.LinAlgError:
+        return None
+    cov = inv @ v @ inv.T
+    cov = 0.5 * (cov + cov.T)
+    if not np.all(np.isfinite(cov)) or np.any(np.diag(cov) <= 0) or np.linalg.cond(sens) > 1e12:
+        return None
+    return cov
+
+
 def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
              metric: str, block: int = BLOCK, *, level_index: int = 0,
              full_shape: tuple[int, int] | None = None,
@@ -306,88 +433,95 @@ def estimate(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
     Uncertainty
         With ``reason`` set and the numbers None when the estimate cannot be trusted.
     """
-    at = matrix  # where the residuals and the source's gradients are read
-    if evaluation is not None:
-        at, valid, res = evaluation.matrix, evaluation.valid, evaluation.residual
-        every = bool(valid.all())
-        gxs, gys = _derivatives(level.source_coeffs, evaluation.taps)
-        if not every:
-            gxs, gys = gxs[valid], gys[valid]
-    else:
-        rc = level.source_coords(matrix)
-        valid = level.overlap(matrix, rc)
-        # every point in the overlap (the usual case): no masked copies of the per-point arrays
-        every = bool(valid.all())
-        # the residual reads the warped source on the overlap only (np.compress: indexing a 2-D
-        # array with a mask along its second axis took 0.17 ms here, compress 0.03 ms)
-        value, gxs, gys = _source_samples(level.source_coeffs,
-                                          rc if every else np.compress(valid, rc, axis=1))
-        if every:
-            warped = value
-        else:
-            warped = np.zeros(level.target.shape, dtype=np.float32)
-            warped[valid] = value
-        res = L.residual(warped, level.target, valid, metric, gradient=False)
+    return refine(level, matrix, center, metric, block, level_index=level_index,
+                  full_shape=full_shape, evaluation=evaluation)[1]
 
-    def on(values: np.ndarray) -> np.ndarray:
-        return values if every else values[valid]
 
-    if res.count < 3 * MIN_BLOCKS or not math.isfinite(res.objective):
-        return Uncertainty.unavailable("too few pixels in the overlap to estimate it")
-    xs, ys = (on(c).astype(np.float64) for c in level.coords())
-    jt = _steepest(on(level.grad_x), on(level.grad_y), xs, ys, center)
-    a = at[:2, :2]
-    # d g(Psi(x)) / dx = A^T grad g(Psi(x)), A the linear part of Psi
-    gxs, gys = a[0, 0] * gxs + a[1, 0] * gys, a[0, 1] * gxs + a[1, 1] * gys
-    js = _steepest(gxs, gys, xs, ys, center)
-    js *= res.gain
-    e = on(res.e).astype(np.float64)
-    if at is not matrix:
-        # the residuals carried to the answer to first order: g(M D x) ~ g(M x) + J_s dp for
-        # the small motion D = M^-1 M_answer of the target's frame. Up to the solver's
-        # tolerance, it is most of the residuals' signal on a noise-free pair, and on a coarse
-        # level's answer (0.01 of its pixels) several error bars: left in, it would count as
-        # noise in V.
-        dp = np.array(center_params(np.linalg.inv(at) @ matrix, center))
-        moved = dp @ js
-        if metric == "ncc":
-            moved -= moved.mean()
-        e += moved
-    if metric == "ncc":
-        # the fitted offset: the estimating equation uses steepest-descent images centred over
-        # the overlap (optimize.gauss_newton), and e is zero-mean there
-        jt -= jt.mean(axis=1, keepdims=True)
-    # einsum, not BLAS: 3 x n times n x 3 is over OpenBLAS's threshold for threads from 29128
-    # points (see regtool.loss.dot)
-    sens = np.einsum("in,jn->ij", jt, js)
-    nbx = int(level.shape[1] // block) + 1
-    # integer division: on the float coordinates it took 0.3 ms at 16384 points
-    cluster = (ys.astype(np.intp) // block) * nbx + xs.astype(np.intp) // block
-    # the occupied blocks numbered in order (np.unique's inverse, without its sort: 0.05
-    # instead of 0.5 ms at 16384 points)
-    occupied = np.bincount(cluster) > 0
-    cluster = (np.cumsum(occupied) - 1)[cluster]
-    n_blocks = int(np.count_nonzero(occupied))
-    if n_blocks < MIN_BLOCKS:
-        return Uncertainty.unavailable(
-            f"too little of the image overlaps to estimate it ({n_blocks} blocks of {block} px)")
-    sums = np.stack([np.bincount(cluster, weights=row * e, minlength=n_blocks) for row in jt])
-    # centred: the block sums add up to the estimating equation's b, zero at the solution; a
-    # point a tolerance away from it (the solver's last evaluation) leaves a b whose square
-    # would count as noise (on noise-free pairs it was most of V)
-    sums -= sums.mean(axis=1, keepdims=True)
-    v = (sums @ sums.T) * (n_blocks / (n_blocks - 1))
-    try:
-        inv = np.linalg.inv(sens)
-    except np.linalg.LinAlgError:
-        return Uncertainty.unavailable("too little signal: the motion is not determined")
-    cov = inv @ v @ inv.T
-    cov = 0.5 * (cov + cov.T)
-    if not np.all(np.isfinite(cov)) or np.any(np.diag(cov) <= 0) or np.linalg.cond(sens) > 1e12:
-        return Uncertainty.unavailable("too little signal: the motion is not determined")
+def refine(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float],
+           metric: str, block: int = BLOCK, *, level_index: int = 0,
+           full_shape: tuple[int, int] | None = None,
+           evaluation: L.Evaluation | None = None,
+           image: np.ndarray | None = None,
+           points: Callable[[], L.LevelImages] | None = None,
+           sigma: float = SMOOTH_SIGMA) -> tuple[np.ndarray, Uncertainty]:
+    """:func:`estimate`, and where the target's gradients are noisy, maybe a closer answer.
+
+    The solver's estimating equation weights each residual by the target's gradient, noise and
+    all, on the points the level selected by texture. Where that noise is a fair part of the
+    gradients (a smooth or faint image under noise) it adds its own variance to the answer's,
+    and the texture the selection left out holds a fair part of the information. Weighted by
+    the gradients of the target blurred by a Gaussian of ``sigma`` level pixels, over the
+    points of ``points()`` (more of them), the equation has another root, with a covariance
+    from the same sandwich. The root is reached in one Newton step from ``matrix`` (the plain
+    equation's root; the two lie an error bar or so apart, where the equation is linear: two
+    more steps moved the answers of a faint benchmark case by less than a thousandth of their
+    bars). It is the answer when its expected mean endpoint error is below SMOOTH_GAIN of the
+    plain one's.
+
+    Parameters
+    ----------
+    level, matrix, center, metric, block, level_index, full_shape, evaluation
+        As in :func:`estimate`.
+    image : ndarray, optional
+        The level's target image (``level.shape``): with ``points``, try the blurred weights.
+    points : callable, optional
+        Makes the level's data on the points the blurred weighting uses (the source is
+        sampled there afresh).
+    sigma : float
+        The blur, in level pixels.
+
+    Returns
+    -------
+    (matrix, Uncertainty)
+        The answer (``matrix`` itself, the same object, unless the blurred weighting won) and
+        its error bars.
+    """
+    p = _pieces(level, matrix, center, metric, evaluation)
+    if p.count < 3 * MIN_BLOCKS or not math.isfinite(p.objective):
+        return matrix, Uncertainty.unavailable("too few pixels in the overlap to estimate it")
+    width = level.shape[1]
+    shape = level.shape if full_shape is None else full_shape
     to_full = np.diag([2.0**level_index, 2.0**level_index, 1.0])
-    return _from_covariance(to_full @ cov @ to_full, matrix,
-                            level.shape if full_shape is None else full_shape)
+    plain = _sandwich(p, p.on(level.grad_x), p.on(level.grad_y), center, metric, block, width)
+    if isinstance(plain, str):
+        return matrix, Uncertainty.unavailable(plain)
+    cov = _covariance(plain[0], plain[2])
+    if cov is None:
+        return matrix, Uncertainty.unavailable("too little signal: the motion is not determined")
+    answer = matrix
+    if image is not None and points is not None:
+        more = points()
+        q = _pieces(more, matrix, center, metric, None)
+        gx, gy = _smoothed_gradients(image, sigma, more.index)
+        parts = _sandwich(q, q.on(gx), q.on(gy), center, metric, block, width)
+        if not isinstance(parts, str):
+            sens, b, v = parts
+            blurred = _covariance(sens, v)
+            if (blurred is not None and mean_endpoint(to_full @ blurred @ to_full, shape)
+                    < SMOOTH_GAIN * mean_endpoint(to_full @ cov @ to_full, shape)):
+                dp = -np.linalg.solve(sens, b)  # the root: b + S dp = 0
+                answer, cov = matrix @ _about(dp, center), blurred
+    return answer, _from_covariance(to_full @ cov @ to_full, answer, shape)
+
+
+def _about(dp: np.ndarray, center: tuple[float, float]) -> np.ndarray:
+    """The motion ``(sx, sy, theta)`` about ``center`` as a 3x3 matrix."""
+    return about_center(float(dp[0]), float(dp[1]), float(dp[2]), center)
+
+
+def _smoothed_gradients(image: np.ndarray, sigma: float, index: np.ndarray | None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The gradients (d/dx, d/dy) of ``image`` blurred by a Gaussian of ``sigma`` pixels, at
+    the raster ``index`` (every pixel when None), float32."""
+    f = image.astype(np.float32, copy=False)
+    along_y = ndimage.gaussian_filter1d(f, sigma, axis=0, mode="nearest")
+    gx = ndimage.gaussian_filter1d(along_y, sigma, axis=1, order=1, mode="nearest")
+    along_x = ndimage.gaussian_filter1d(f, sigma, axis=1, mode="nearest")
+    gy = ndimage.gaussian_filter1d(along_x, sigma, axis=0, order=1, mode="nearest")
+    gx, gy = gx.reshape(-1), gy.reshape(-1)
+    if index is not None:
+        gx, gy = np.take(gx, index), np.take(gy, index)
+    return gx, gy
 
 
 def _from_covariance(cov: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]
@@ -408,6 +542,17 @@ def _from_covariance(cov: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]
         endpoint_px=endpoint,
         covariance=cov,
     )
+
+
+def gradient_noise_share(hessian: np.ndarray, objective: float,
+                         gradient_noise: np.ndarray) -> float:
+    """The largest share of a diagonal entry of the solver's ``J^T J`` that the target's
+    gradient noise makes (its estimate ``objective / 2 * N``, see :func:`quick_covariance`)."""
+    h = np.diag(np.asarray(hessian, dtype=float))
+    n = 0.5 * objective * np.diag(np.asarray(gradient_noise, dtype=float))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(h > 0, n / h, np.inf)
+    return float(np.max(share))
 
 
 def quick_covariance(hessian: np.ndarray, objective: float, gradient_noise: np.ndarray,
