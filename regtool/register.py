@@ -60,6 +60,10 @@ LEVEL1_NOISE_SCALE = 1.6
 # cases there it took the mean-square error from 7.3 to 3.2 times the bound's (medium tier, 4
 # draws per case) where the level's own 16384 points took it to 4.5.
 REFINE_POINTS = 1 << 16
+# ... and only on images of at most this many pixels: at 1024x1024 (where level 1's answer
+# already stands on 65536 points) it changed no answer of the benchmark's noisy medium and
+# hard tiers over 3 draws per case, and cost up to 20 ms.
+REFINE_MAX_PIXELS = 1 << 18
 # Level 1 registers on up to this many points: it may finish the registration
 # (:func:`_level1_is_better`), and there 65536 points (a quarter of level 1 at 1024x1024) gave
 # 1.1-1.2 times the bound against 1.6-2.0 for level 0's 16384.
@@ -416,8 +420,8 @@ def _error_bars(descent: _Descent, m: np.ndarray, metric: str, converged: bool,
     ``k`` is the coarse level where rival matches are looked for (the search level) and
     ``level`` its data when the search prepared it. Where the answer level's target gradients
     are noisy (:func:`regtool.uncertainty.gradient_noise_share`), the answer may move to the
-    root of an estimating equation weighted by blurred gradients, which is expected to be
-    closer (:func:`regtool.uncertainty.refine`).
+    root of an estimating equation on more points, weighted by blurred or plain gradients,
+    which is expected to be closer (:func:`regtool.uncertainty.refine`).
     """
     if not converged:
         return m, U.Uncertainty.unavailable("the registration did not converge or did not "
@@ -434,9 +438,10 @@ def _error_bars(descent: _Descent, m: np.ndarray, metric: str, converged: bool,
             "error bar around it describes")
     k = descent.answer_level
     out = descent.answer
-    # the blurred weighting (its points made and sampled: 2-5 ms) only where the gradients'
-    # noise makes it worth trying
-    noisy = (pyr.fm[k] is None and out is not None and out.hessian is not None
+    # the weightings on more points (made and sampled: 2-5 ms) only where the gradients' noise
+    # makes them worth trying
+    noisy = (pyr.fm[k] is None and pyr.f[0].size <= REFINE_MAX_PIXELS
+             and out is not None and out.hessian is not None
              and out.gradient_noise is not None
              and U.gradient_noise_share(out.hessian, out.objective, out.gradient_noise)
              >= U.SMOOTH_SHARE)

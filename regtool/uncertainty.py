@@ -443,20 +443,23 @@ def refine(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float]
            evaluation: L.Evaluation | None = None,
            image: np.ndarray | None = None,
            points: Callable[[], L.LevelImages] | None = None,
-           sigma: float = SMOOTH_SIGMA) -> tuple[np.ndarray, Uncertainty]:
+           sigma: float = SMOOTH_SIGMA,
+           weightings: tuple[str, ...] = ("blurred", "plain")
+           ) -> tuple[np.ndarray, Uncertainty]:
     """:func:`estimate`, and where the target's gradients are noisy, maybe a closer answer.
 
     The solver's estimating equation weights each residual by the target's gradient, noise and
     all, on the points the level selected by texture. Where that noise is a fair part of the
     gradients (a smooth or faint image under noise) it adds its own variance to the answer's,
-    and the texture the selection left out holds a fair part of the information. Weighted by
-    the gradients of the target blurred by a Gaussian of ``sigma`` level pixels, over the
-    points of ``points()`` (more of them), the equation has another root, with a covariance
-    from the same sandwich. The root is reached in one Newton step from ``matrix`` (the plain
-    equation's root; the two lie an error bar or so apart, where the equation is linear: two
-    more steps moved the answers of a faint benchmark case by less than a thousandth of their
-    bars). It is the answer when its expected mean endpoint error is below SMOOTH_GAIN of the
-    plain one's.
+    and the texture the selection left out holds a fair part of the information. Over the
+    points of ``points()`` (more of them) the equation can be weighted by the gradients of the
+    target blurred by a Gaussian of ``sigma`` level pixels (``"blurred"``) or by the target's
+    own gradients (``"plain"``): each has its root, with a covariance from the same sandwich.
+    A root is reached in one Newton step from ``matrix`` (the solver's answer; the roots lie an
+    error bar or so apart, where the equation is nearly linear: a second step moves an answer
+    by a few hundredths of its bar at most, see the tests). The root with the smallest
+    expected mean endpoint error is the answer if that error is below SMOOTH_GAIN of the
+    solver's answer's; otherwise the solver's answer stays.
 
     Parameters
     ----------
@@ -469,6 +472,8 @@ def refine(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float]
         sampled there afresh).
     sigma : float
         The blur, in level pixels.
+    weightings : tuple of {"blurred", "plain"}
+        The weightings tried on ``points()``.
 
     Returns
     -------
@@ -492,15 +497,23 @@ def refine(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float]
     if image is not None and points is not None:
         more = points()
         q = _pieces(more, matrix, center, metric, None)
-        gx, gy = _smoothed_gradients(image, sigma, more.index)
-        parts = _sandwich(q, q.on(gx), q.on(gy), center, metric, block, width)
-        if not isinstance(parts, str):
+        best = SMOOTH_GAIN * mean_endpoint(to_full @ cov @ to_full, shape)
+        for name in weightings:
+            if name == "blurred":
+                gx, gy = _smoothed_gradients(image, sigma, more.index)
+            else:
+                gx, gy = more.grad_x, more.grad_y
+            parts = _sandwich(q, q.on(gx), q.on(gy), center, metric, block, width)
+            if isinstance(parts, str):
+                continue
             sens, b, v = parts
-            blurred = _covariance(sens, v)
-            if (blurred is not None and mean_endpoint(to_full @ blurred @ to_full, shape)
-                    < SMOOTH_GAIN * mean_endpoint(to_full @ cov @ to_full, shape)):
+            other = _covariance(sens, v)
+            if other is None:
+                continue
+            endpoint = mean_endpoint(to_full @ other @ to_full, shape)
+            if endpoint < best:
                 dp = -np.linalg.solve(sens, b)  # the root: b + S dp = 0
-                answer, cov = matrix @ _about(dp, center), blurred
+                answer, cov, best = matrix @ _about(dp, center), other, endpoint
     return answer, _from_covariance(to_full @ cov @ to_full, answer, shape)
 
 
