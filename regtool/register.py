@@ -148,10 +148,12 @@ class _Descent:
     loss: float
     finest: L.LevelImages | None  # the data of the level the answer comes from
     answer_level: int = 0  # 0, or 1 when level 1's answer is expected to be closer
-    # that level's solve's last accepted evaluation (Gauss-Newton), for the error bars
-    evaluation: L.Evaluation | None = None
-    # that level's solve's outcome
+    # that level's solve's outcome (its Hessian, its last accepted evaluation: the error bars')
     answer: Any = None
+
+    @property
+    def evaluation(self) -> L.Evaluation | None:
+        return None if self.answer is None else self.answer.evaluation
 
 
 def _luminance(image: np.ndarray, which: str, mask: np.ndarray | None
@@ -271,10 +273,8 @@ def _descend(pyr: _Pyramids, schedule: list[int], m: np.ndarray, prepared: dict[
         reason = "stopped before the finest level"
     if reason is not None and reason.startswith("did not converge") and records:
         reason = f"{reason} at level {records[-1].level}"
-    answer = answers.get(answer_level)
-    evaluation = answer.evaluation if answer is not None else None
     return _Descent(m, records, converged, reason, loss_value, finest, answer_level,
-                    evaluation, answer)
+                    answers.get(answer_level))
 
 
 def _level_log(log: Callable[[IterationRecord], None], k: int, t_start: float

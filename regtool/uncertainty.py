@@ -468,8 +468,8 @@ def refine(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float]
     image : ndarray, optional
         The level's target image (``level.shape``): with ``points``, try the blurred weights.
     points : callable, optional
-        Makes the level's data on the points the blurred weighting uses (the source is
-        sampled there afresh).
+        Makes the level's data on the points the weightings use (the source is sampled there
+        afresh).
     sigma : float
         The blur, in level pixels.
     weightings : tuple of {"blurred", "plain"}
@@ -478,8 +478,8 @@ def refine(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float]
     Returns
     -------
     (matrix, Uncertainty)
-        The answer (``matrix`` itself, the same object, unless the blurred weighting won) and
-        its error bars.
+        The answer (``matrix`` itself, the same object, unless a root won) and its error
+        bars.
     """
     p = _pieces(level, matrix, center, metric, evaluation)
     if p.count < 3 * MIN_BLOCKS or not math.isfinite(p.objective):
@@ -513,13 +513,8 @@ def refine(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float]
             endpoint = mean_endpoint(to_full @ other @ to_full, shape)
             if endpoint < best:
                 dp = -np.linalg.solve(sens, b)  # the root: b + S dp = 0
-                answer, cov, best = matrix @ _about(dp, center), other, endpoint
+                answer, cov, best = matrix @ about_center(*dp, center), other, endpoint
     return answer, _from_covariance(to_full @ cov @ to_full, answer, shape)
-
-
-def _about(dp: np.ndarray, center: tuple[float, float]) -> np.ndarray:
-    """The motion ``(sx, sy, theta)`` about ``center`` as a 3x3 matrix."""
-    return about_center(float(dp[0]), float(dp[1]), float(dp[2]), center)
 
 
 def _smoothed_gradients(image: np.ndarray, sigma: float, index: np.ndarray | None
@@ -527,11 +522,8 @@ def _smoothed_gradients(image: np.ndarray, sigma: float, index: np.ndarray | Non
     """The gradients (d/dx, d/dy) of ``image`` blurred by a Gaussian of ``sigma`` pixels, at
     the raster ``index`` (every pixel when None), float32."""
     f = image.astype(np.float32, copy=False)
-    along_y = ndimage.gaussian_filter1d(f, sigma, axis=0, mode="nearest")
-    gx = ndimage.gaussian_filter1d(along_y, sigma, axis=1, order=1, mode="nearest")
-    along_x = ndimage.gaussian_filter1d(f, sigma, axis=1, mode="nearest")
-    gy = ndimage.gaussian_filter1d(along_x, sigma, axis=0, order=1, mode="nearest")
-    gx, gy = gx.reshape(-1), gy.reshape(-1)
+    gx = ndimage.gaussian_filter(f, sigma, order=(0, 1), mode="nearest").reshape(-1)
+    gy = ndimage.gaussian_filter(f, sigma, order=(1, 0), mode="nearest").reshape(-1)
     if index is not None:
         gx, gy = np.take(gx, index), np.take(gy, index)
     return gx, gy

@@ -194,14 +194,14 @@ def test_the_refined_answer_is_its_equations_root(monkeypatch):
     start = np.vstack([regtool.align(target, source).matrix, [0.0, 0.0, 1.0]])
     monkeypatch.setattr(U, "SMOOTH_GAIN", math.inf)  # take the blurred root whatever its bar
     for weighting in ("blurred", "plain"):
-        check_root(level, more, start, center, f, weighting)
+        _check_root(level, more, start, center, f, weighting)
     # with nothing to try, the matrix itself and estimate()'s bars come back
     same, u0 = U.refine(level, start, center, "ncc")
     assert same is start
     assert u0.endpoint_px == U.estimate(level, start, center, "ncc").endpoint_px
 
 
-def check_root(level, more, start, center, f, weighting):
+def _check_root(level, more, start, center, f, weighting):
     kw = {"image": f, "points": lambda: more, "weightings": (weighting,)}
     first, u1 = U.refine(level, start, center, "ncc", **kw)
     second, _ = U.refine(level, first, center, "ncc", **kw)
