@@ -87,6 +87,16 @@ SMALL_AREA = 20.0
 SMALL_SIGMAS = 5.0
 SMALL_FROM = 4096
 SMALL_CAP = 0.9
+# Where noise swamps every band that had room (each band's expected NCC for a perfect match
+# under 0.5), the fine band decides against a bar of its own: at least CHANCE_SIGMAS times the
+# spread of an unrelated pair's band NCC (sqrt(SMALL_AREA / count), as on small overlaps), and
+# at least NOISY_SHARE of what a perfect match would reach under that noise. On the hard tier's
+# faint, rotated 1024x1024 crops the fine band reached 0.32-0.34 of an expected 0.29-0.34 and
+# the coarse band lacked room inside the rotated overlap, so right answers (0.04-0.16 px) were
+# called no match; over 320 unrelated pairs (four sizes, ten seeds) the fine band stayed at
+# most 0.24, and at most 0.8 of that bar.
+CHANCE_SIGMAS = SMALL_SIGMAS
+NOISY_SHARE = 0.7
 # The fine band's window (2 * 3 sigma_coarse + 1 = 19 pixels) must fit 64 times in the overlap:
 # about this many grid pixels a side.
 MIN_CHECK_SIDE = 27
@@ -123,9 +133,11 @@ def _band_noise_gain(fine: float, coarse: float) -> float:
 
 
 def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, small: bool = False
-            ) -> tuple[float, float, float, float]:
+            ) -> tuple[float, float, float, float, float]:
     """Band-pass NCC of the two grids over the overlap in the finest band noise allows, the
-    value a match needs in that band, and the intensity gain and offset of target vs source.
+    value a match needs in that band, the intensity gain and offset of target vs source, and
+    the NCC a perfect match would reach under the noise where noise swamps every band (NaN
+    otherwise).
 
     Gain (ratio of spreads) and offset (difference of means, in target spreads) are read off
     the images blurred by the first band's coarse Gaussian: raw spreads include the noise, and
@@ -134,8 +146,10 @@ def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, small: bo
 
     A band that shows a match settles it. A band that does not settles it only if it is clean
     enough to have shown one (expected NCC of a perfect match, given each image's noise, of 0.5
-    or more); otherwise the next, coarser band decides. ``small``: the grid is a small image
-    used whole, whose fine band asks more on small overlaps (:func:`_small_overlap_bar`).
+    or more); otherwise the next, coarser band decides. When none is that clean (or the coarser
+    band lacks room), the fine band decides against a bar set by chance and by what a perfect
+    match would reach under the noise (:func:`_noisy_bar`). ``small``: the grid is a small
+    image used whole, whose fine band asks more on small overlaps (:func:`_small_overlap_bar`).
     """
     a = warped[valid]
     filled = np.where(valid, warped, np.float32(a.mean()))
@@ -143,6 +157,9 @@ def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, small: bo
     noise: tuple[float, float] | None = None
     result = (math.nan, DETAIL_BANDS[0][2])
     gain = offset = math.nan
+    # the fine band's (NCC, bar, expected NCC of a perfect match, pixel count) when noise
+    # swamped it
+    swamped: tuple[float, float, float, int] | None = None
     for fine, coarse, bar in DETAIL_BANDS:
         for sg in (fine, coarse):
             if sg not in blurred:
@@ -176,8 +193,24 @@ def _detail(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, small: bo
                   * max(tt - noise_gain * noise[1] ** 2, 0.0))
         expected = math.sqrt(signal / (tw * tt)) if tw > 0 and tt > 0 else 0.0
         if expected >= 0.5:
+            swamped = None  # clean enough to have shown a match: its no settles it
             break
-    return result + (gain, offset)
+        if swamped is None and fine == DETAIL_BANDS[0][0]:
+            swamped = (result[0], result[1], expected, int(bw.size))
+    reach = math.nan
+    if swamped is not None and not result[0] >= result[1]:
+        # no band was clean enough to settle it: the fine band against chance and the noise
+        ncc, bar, reach, count = swamped
+        result = (ncc, min(bar, _noisy_bar(reach, count)))
+    return result + (gain, offset, reach)
+
+
+def _noisy_bar(expected: float, count: int) -> float:
+    """The fine band's bar where noise swamps every band: above chance (CHANCE_SIGMAS spreads
+    of an unrelated pair's band NCC over ``count`` pixels) and near what a perfect match would
+    reach under the noise (NOISY_SHARE of ``expected``)."""
+    chance = CHANCE_SIGMAS * math.sqrt(SMALL_AREA / max(count, 1))
+    return round(min(SMALL_CAP, max(chance, NOISY_SHARE * expected)), 3)
 
 
 def _small_overlap_bar(count: int) -> float:
@@ -206,9 +239,10 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
 
 def _statistics(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray,
                 g_mask: np.ndarray | None, m: np.ndarray
-                ) -> tuple[float, float, float, float, float, float]:
+                ) -> tuple[float, float, float, float, float, float, float]:
     """Over the overlap: NCC, RMS difference, intensity gain and offset (target vs source),
-    band-pass NCC and the band-pass NCC a match needs.
+    band-pass NCC, the band-pass NCC a match needs, and what a perfect match would reach where
+    noise swamps the detail (NaN elsewhere).
 
     Sampled on a regular grid of the target (every other pixel, coarser on images over 256
     pixels) with bilinear interpolation: plenty for a statistic, and a small part of the call.
@@ -234,16 +268,16 @@ def _statistics(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray,
                                        output_shape=shape, order=1, mode="constant", cval=1.0)
         valid &= bad == 0
     if np.count_nonzero(valid) < 16:
-        return math.nan, math.nan, math.nan, math.nan, math.nan, DETAIL_BANDS[0][2]
+        return math.nan, math.nan, math.nan, math.nan, math.nan, DETAIL_BANDS[0][2], math.nan
     a, b = warped[valid], target[valid]
     diff = a - b
     rms = math.sqrt(L.dot(diff, diff) / diff.size)
     del diff
     ncc = _ncc(a, b)
     del a, b
-    detail, needed, gain, offset = _detail(warped, np.ascontiguousarray(target), valid,
-                                           small=step == 1)
-    return ncc, rms, gain, offset, detail, needed
+    detail, needed, gain, offset, reach = _detail(warped, np.ascontiguousarray(target), valid,
+                                                  small=step == 1)
+    return ncc, rms, gain, offset, detail, needed, reach
 
 
 @dataclass(frozen=True)
@@ -264,6 +298,9 @@ class Quality:
         Band-pass NCC in the finest band the noise allows.
     needed : float
         The band-pass NCC a match needs in that band.
+    reach : float
+        Where noise swamps every detail band: the band-pass NCC a perfect match would reach
+        under that noise (NaN where a band was clean enough to settle the match).
     """
 
     ncc: float
@@ -272,6 +309,7 @@ class Quality:
     offset: float
     detail_ncc: float
     needed: float
+    reach: float = math.nan
 
 
 def assess(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray, g_mask: np.ndarray | None,
@@ -299,13 +337,21 @@ def verdict(quality: Quality, metric: str) -> str | None:
 
     A match needs detail that correlates (``quality.needed`` or more in the band noise allows)
     and a plain NCC of at least NCC_FLOOR; with the ``ssd`` metric the intensities must also
-    agree, since ``ssd``'s minimum moves under a gain or an offset.
+    agree, since ``ssd``'s minimum moves under a gain or an offset. Where noise swamps the
+    detail so that even a perfect match would fall short of ``needed``, the reason says that
+    the match cannot be confirmed, not that the images do not match.
     """
     q = quality
     if math.isnan(q.detail_ncc) and q.ncc >= NCC_FLOOR:
         return ("the overlap is too small to check the match: the detail check needs about "
                 f"{MIN_CHECK_SIDE}x{MIN_CHECK_SIDE} pixels of overlap after alignment "
                 f"(plain NCC {q.ncc:.2f})")
+    if q.ncc >= NCC_FLOOR and q.reach < q.needed and not q.detail_ncc >= q.needed:
+        # even a perfect match would fall short: say so rather than call them unrelated
+        return (f"the match cannot be confirmed: noise swamps the images' detail, which "
+                f"correlates at {q.detail_ncc:.2f} over the overlap after alignment (a perfect "
+                f"match would reach about {q.reach:.2f} under this noise, and {q.needed} is "
+                f"needed to stand above chance; plain NCC {q.ncc:.2f})")
     if not (q.detail_ncc >= q.needed and q.ncc >= NCC_FLOOR):
         return (f"the images do not match: their detail correlates at {q.detail_ncc:.2f} over "
                 f"the overlap after alignment (a match has at least {q.needed}; plain NCC "

@@ -1,5 +1,7 @@
 """The match decision: agreement statistics and the verdict on them."""
 
+import math
+
 import numpy as np
 from synth import make_pair, photo
 
@@ -66,3 +68,53 @@ def test_small_images_are_checked_whole_with_a_bar_for_their_size():
     assert not tiny.converged and "too small to check the match" in tiny.reason
     assert Q._small_overlap_bar(Q.SMALL_FROM) == 0.0
     assert Q._small_overlap_bar(Q.SMALL_FROM - 1) >= Q.DETAIL_BANDS[0][2] - 1e-3
+
+
+def _faint_grids(seed: int, n: int = 160, noise: float = 2.7):
+    """A diamond-shaped overlap (a 45-degree rotation) on an ``n`` x ``n`` grid of a smooth
+    texture under noise that swamps the detail bands: the right match, the same scene 6 pixels
+    off, and another scene, each as (warped, target, valid)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:n, :n]
+    c = (n - 1) / 2
+    valid = np.abs(xx - c) + np.abs(yy - c) <= n / 2 - 1
+
+    def texture():
+        t = ndimage.gaussian_filter(rng.normal(size=(n + 16, n + 16)), 2.0)
+        return t / t.std()
+
+    def noisy(a, dx=0):
+        return (a[8 : 8 + n, 8 + dx : 8 + dx + n] + rng.normal(0, noise, (n, n))).astype(
+            np.float32)
+
+    scene, other = texture(), texture()
+    target = noisy(scene)
+    views = [noisy(scene), noisy(scene, 6), noisy(other)]
+    return [(np.where(valid, v, np.nan).astype(np.float32), target, valid) for v in views]
+
+
+def test_where_noise_swamps_the_detail_the_fine_band_is_judged_against_chance():
+    """On a faint, rotated overlap neither band is clean enough to settle the match (a perfect
+    match's expected detail NCC about 0.3) and the coarse band has too little room: the right
+    match is told from a wrong one and from another scene by a bar set by chance and by that
+    expected value, below the 0.35 a clean pair must reach."""
+    below_usual = 0
+    for seed in range(6):
+        right, off, other = (Q._detail(*grids) for grids in _faint_grids(seed))
+        assert right[0] >= right[1], seed
+        below_usual += right[0] < Q.DETAIL_BANDS[0][2]
+        for wrong in (off, other):
+            assert wrong[0] < wrong[1] <= Q.DETAIL_BANDS[0][2], seed
+    assert below_usual >= 4  # the cases the usual bar called no match
+    # fainter still, not even a perfect match would stand above chance: the reason says so
+    right = Q._detail(*_faint_grids(0, noise=5.0)[0])
+    q = Q.Quality(0.5, 0.1, 1.0, 0.0, right[0], right[1], right[4])
+    assert right[4] < right[1] and "cannot be confirmed" in Q.verdict(q, "ncc")
+    clean = Q._detail(*_faint_grids(0, noise=0.3)[1])  # clean and 6 px off: a plain no
+    assert math.isnan(clean[4]) and clean[1] == Q.DETAIL_BANDS[0][2]
+    # the bar: chance over the pixels counted, or most of what a perfect match would reach
+    assert Q._noisy_bar(0.1, 8000) == round(Q.CHANCE_SIGMAS * (Q.SMALL_AREA / 8000) ** 0.5, 3)
+    assert Q._noisy_bar(0.45, 8000) == round(Q.NOISY_SHARE * 0.45, 3)
+    assert Q._noisy_bar(0.3, 10) == Q.SMALL_CAP
