@@ -352,6 +352,12 @@ def verdict(quality: Quality, metric: str) -> str | None:
                 f"correlates at {q.detail_ncc:.2f} over the overlap after alignment (a perfect "
                 f"match would reach about {q.reach:.2f} under this noise, and {q.needed} is "
                 f"needed to stand above chance; plain NCC {q.ncc:.2f})")
+    if q.detail_ncc >= q.needed and not q.ncc >= NCC_FLOOR:
+        # the detail agrees but the images as a whole do not (a very noisy pair, or detail
+        # that happens to line up): name the figure that failed
+        return (f"the images do not match overall: their plain NCC is {q.ncc:.2f} over the "
+                f"overlap after alignment (a match has at least {NCC_FLOOR}), though their "
+                f"detail correlates at {q.detail_ncc:.2f}")
     if not (q.detail_ncc >= q.needed and q.ncc >= NCC_FLOOR):
         return (f"the images do not match: their detail correlates at {q.detail_ncc:.2f} over "
                 f"the overlap after alignment (a match has at least {q.needed}; plain NCC "

@@ -113,6 +113,9 @@ def test_where_noise_swamps_the_detail_the_fine_band_is_judged_against_chance():
     q = Q.Quality(0.5, 0.1, 1.0, 0.0, right[0], right[1], right[4])
     assert right[4] < right[1] and "cannot be confirmed" in Q.verdict(q, "ncc")
     clean = Q._detail(*_faint_grids(0, noise=0.3)[1])  # clean and 6 px off: a plain no
+    # detail that agrees with a plain NCC below the floor: the reason names the plain NCC
+    overall = Q.verdict(Q.Quality(0.14, 0.3, 1.0, 0.0, 0.72, 0.55), "ncc")
+    assert "plain NCC is 0.14" in overall and "at least 0.2" in overall
     assert math.isnan(clean[4]) and clean[1] == Q.DETAIL_BANDS[0][2]
     # the bar: chance over the pixels counted, or most of what a perfect match would reach
     assert Q._noisy_bar(0.1, 8000) == round(Q.CHANCE_SIGMAS * (Q.SMALL_AREA / 8000) ** 0.5, 3)
