@@ -100,8 +100,12 @@ NOISY_SHARE = 0.7
 # The fine band's window (2 * 3 sigma_coarse + 1 = 19 pixels) must fit 64 times in the overlap:
 # about this many grid pixels a side.
 MIN_CHECK_SIDE = 27
-# Whatever the detail says, aligned views of one scene correlate at least this much overall.
+# Whatever the detail says, aligned views of one scene correlate at least this much overall ...
 NCC_FLOOR = 0.2
+# ... unless noise keeps even a perfect match below it: then NOISY_SHARE of the plain NCC a
+# perfect match would reach under the measured noise. (A synthetic pair with noise of 0.8 times
+# the range, right to 0.35 px and with detail at 0.72 against the 0.55 needed, had a plain NCC
+# of 0.14.)
 # ssd's answer is trusted only while the intensities agree: spreads within 10% and means within
 # a tenth of the target's spread.
 MAX_SSD_GAIN = 1.1
@@ -239,10 +243,10 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
 
 def _statistics(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray,
                 g_mask: np.ndarray | None, m: np.ndarray
-                ) -> tuple[float, float, float, float, float, float, float]:
+                ) -> tuple[float, float, float, float, float, float, float, float]:
     """Over the overlap: NCC, RMS difference, intensity gain and offset (target vs source),
-    band-pass NCC, the band-pass NCC a match needs, and what a perfect match would reach where
-    noise swamps the detail (NaN elsewhere).
+    band-pass NCC, the band-pass NCC a match needs, what a perfect match would reach where
+    noise swamps the detail (NaN elsewhere), and the plain NCC a match needs.
 
     Sampled on a regular grid of the target (every other pixel, coarser on images over 256
     pixels) with bilinear interpolation: plenty for a statistic, and a small part of the call.
@@ -268,16 +272,32 @@ def _statistics(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray,
                                        output_shape=shape, order=1, mode="constant", cval=1.0)
         valid &= bad == 0
     if np.count_nonzero(valid) < 16:
-        return math.nan, math.nan, math.nan, math.nan, math.nan, DETAIL_BANDS[0][2], math.nan
+        return (math.nan, math.nan, math.nan, math.nan, math.nan, DETAIL_BANDS[0][2], math.nan,
+                NCC_FLOOR)
     a, b = warped[valid], target[valid]
     diff = a - b
     rms = math.sqrt(L.dot(diff, diff) / diff.size)
     del diff
     ncc = _ncc(a, b)
+    target = np.ascontiguousarray(target)
+    floor = NCC_FLOOR
+    if ncc < NCC_FLOOR:
+        floor = _ncc_floor(warped, target, valid, float(np.var(a)), float(np.var(b)))
     del a, b
-    detail, needed, gain, offset, reach = _detail(warped, np.ascontiguousarray(target), valid,
-                                                  small=step == 1)
-    return ncc, rms, gain, offset, detail, needed, reach
+    detail, needed, gain, offset, reach = _detail(warped, target, valid, small=step == 1)
+    return ncc, rms, gain, offset, detail, needed, reach, floor
+
+
+def _ncc_floor(warped: np.ndarray, target: np.ndarray, valid: np.ndarray, var_w: float,
+               var_t: float) -> float:
+    """The plain NCC a match needs: NCC_FLOOR, or less where noise (measured on both grids)
+    keeps even a perfect match below it (NOISY_SHARE of what one would reach)."""
+    filled = np.where(valid, warped, np.float32(np.nanmean(warped[valid])))
+    nw, nt = _noise_sigma(filled, valid), _noise_sigma(target, valid)
+    if not (var_w > 0 and var_t > 0):
+        return NCC_FLOOR
+    reach = math.sqrt(max(var_w - nw * nw, 0.0) * max(var_t - nt * nt, 0.0) / (var_w * var_t))
+    return round(min(NCC_FLOOR, NOISY_SHARE * reach), 3)
 
 
 @dataclass(frozen=True)
@@ -301,6 +321,9 @@ class Quality:
     reach : float
         Where noise swamps every detail band: the band-pass NCC a perfect match would reach
         under that noise (NaN where a band was clean enough to settle the match).
+    ncc_needed : float
+        The plain NCC a match needs: NCC_FLOOR, or less on images so noisy that a perfect
+        match would not reach it.
     """
 
     ncc: float
@@ -310,6 +333,7 @@ class Quality:
     detail_ncc: float
     needed: float
     reach: float = math.nan
+    ncc_needed: float = NCC_FLOOR
 
 
 def assess(f: np.ndarray, f_mask: np.ndarray | None, g: np.ndarray, g_mask: np.ndarray | None,
@@ -336,29 +360,31 @@ def verdict(quality: Quality, metric: str) -> str | None:
     """Why a registration that converged numerically is still not a match, or None.
 
     A match needs detail that correlates (``quality.needed`` or more in the band noise allows)
-    and a plain NCC of at least NCC_FLOOR; with the ``ssd`` metric the intensities must also
-    agree, since ``ssd``'s minimum moves under a gain or an offset. Where noise swamps the
-    detail so that even a perfect match would fall short of ``needed``, the reason says that
-    the match cannot be confirmed, not that the images do not match.
+    and a plain NCC of at least ``quality.ncc_needed`` (NCC_FLOOR but on very noisy images);
+    with the ``ssd`` metric the intensities must also agree, since ``ssd``'s minimum moves under
+    a gain or an offset. Where noise swamps the detail so that even a perfect match would fall
+    short of ``needed``, the reason says that the match cannot be confirmed, not that the images
+    do not match.
     """
     q = quality
-    if math.isnan(q.detail_ncc) and q.ncc >= NCC_FLOOR:
+    floor = q.ncc_needed
+    if math.isnan(q.detail_ncc) and q.ncc >= floor:
         return ("the overlap is too small to check the match: the detail check needs about "
                 f"{MIN_CHECK_SIDE}x{MIN_CHECK_SIDE} pixels of overlap after alignment "
                 f"(plain NCC {q.ncc:.2f})")
-    if q.ncc >= NCC_FLOOR and q.reach < q.needed and not q.detail_ncc >= q.needed:
+    if q.ncc >= floor and q.reach < q.needed and not q.detail_ncc >= q.needed:
         # even a perfect match would fall short: say so rather than call them unrelated
         return (f"the match cannot be confirmed: noise swamps the images' detail, which "
                 f"correlates at {q.detail_ncc:.2f} over the overlap after alignment (a perfect "
                 f"match would reach about {q.reach:.2f} under this noise, and {q.needed} is "
                 f"needed to stand above chance; plain NCC {q.ncc:.2f})")
-    if q.detail_ncc >= q.needed and not q.ncc >= NCC_FLOOR:
+    if q.detail_ncc >= q.needed and not q.ncc >= floor:
         # the detail agrees but the images as a whole do not (a very noisy pair, or detail
         # that happens to line up): name the figure that failed
         return (f"the images do not match overall: their plain NCC is {q.ncc:.2f} over the "
-                f"overlap after alignment (a match has at least {NCC_FLOOR}), though their "
+                f"overlap after alignment (a match has at least {floor}), though their "
                 f"detail correlates at {q.detail_ncc:.2f}")
-    if not (q.detail_ncc >= q.needed and q.ncc >= NCC_FLOOR):
+    if not (q.detail_ncc >= q.needed and q.ncc >= floor):
         return (f"the images do not match: their detail correlates at {q.detail_ncc:.2f} over "
                 f"the overlap after alignment (a match has at least {q.needed}; plain NCC "
                 f"{q.ncc:.2f})")

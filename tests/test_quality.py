@@ -113,11 +113,27 @@ def test_where_noise_swamps_the_detail_the_fine_band_is_judged_against_chance():
     q = Q.Quality(0.5, 0.1, 1.0, 0.0, right[0], right[1], right[4])
     assert right[4] < right[1] and "cannot be confirmed" in Q.verdict(q, "ncc")
     clean = Q._detail(*_faint_grids(0, noise=0.3)[1])  # clean and 6 px off: a plain no
+    assert math.isnan(clean[4]) and clean[1] == Q.DETAIL_BANDS[0][2]
     # detail that agrees with a plain NCC below the floor: the reason names the plain NCC
     overall = Q.verdict(Q.Quality(0.14, 0.3, 1.0, 0.0, 0.72, 0.55), "ncc")
     assert "plain NCC is 0.14" in overall and "at least 0.2" in overall
-    assert math.isnan(clean[4]) and clean[1] == Q.DETAIL_BANDS[0][2]
     # the bar: chance over the pixels counted, or most of what a perfect match would reach
     assert Q._noisy_bar(0.1, 8000) == round(Q.CHANCE_SIGMAS * (Q.SMALL_AREA / 8000) ** 0.5, 3)
     assert Q._noisy_bar(0.45, 8000) == round(Q.NOISY_SHARE * 0.45, 3)
     assert Q._noisy_bar(0.3, 10) == Q.SMALL_CAP
+
+
+def test_on_very_noisy_images_the_plain_ncc_floor_follows_the_noise():
+    """Noise of 0.8 times the range keeps a perfect match's plain NCC near 0.15, under the 0.2
+    a clean pair must reach: the right answer is a match (its detail agrees), with an error
+    bar that covers its error, while another scene under the same noise is not."""
+    import regtool
+
+    for which in (0, 1):
+        t, s, m = make_pair(photo(which), (256, 256), (4.0, -3.0), 6.0, noise=0.8, seed=2)
+        r = regtool.align(t, s)
+        assert r.converged and r.ncc < Q.NCC_FLOOR
+        err = float(np.abs(np.asarray(r.matrix)[:, 2] - m[:2, 2]).max())
+        assert err < 3 * r.uncertainty.endpoint_px < 3.0
+        _, other, _ = make_pair(photo(2), (256, 256), (4.0, -3.0), 6.0, noise=0.8, seed=2)
+        assert not regtool.align(t, other).converged
