@@ -149,3 +149,27 @@ def test_point_cap_bounds_the_selection():
     level = L.prepare_level(img.astype(np.float32), None, img.astype(np.float32), None, 1.0,
                             max_points=20000)
     assert 15000 <= level.index.size <= 40000
+
+
+def test_sampling_in_chunks_gives_the_same_values_to_the_bit(monkeypatch):
+    # large point sets are sampled TAPS_CHUNK points at a time (the taps' index and weights stay
+    # in cache): every chunk boundary, and border points in a later chunk (sampled by scipy),
+    # must give exactly what one pass over all the points gives
+    rng = np.random.default_rng(8)
+    img = ndimage.gaussian_filter(rng.random((120, 140)), 1.5).astype(np.float32)
+    src = ndimage.gaussian_filter(rng.random((110, 150)), 1.5).astype(np.float32)
+    level = L.prepare_level(img, None, src, None, margin=1.0, max_points=3000, min_points=3000)
+    m = about_center(-3.3, 2.1, 0.2, (69.5, 59.5))  # some points land on the margin or past it
+    rc = level.source_coords(m)
+    valid = level.overlap(m, rc)
+    assert 0 < np.count_nonzero(valid) < valid.size
+    whole = level.sample_taps(rc, valid)
+    spline = L.spline_at(img, level.index)
+    monkeypatch.setattr(L, "TAPS_CHUNK", 257)  # many chunks, the last a partial one
+    assert level.index.size > 8 * L.TAPS_CHUNK
+    parts = level.sample_taps(rc, valid)
+    assert not parts.inside.all()  # border points, sampled by scipy, are among the chunks
+    for a in ("values", "block", "wy", "along_x", "inside"):
+        assert np.array_equal(getattr(parts, a), getattr(whole, a)), a
+    for one, chunked in zip(spline, L.spline_at(img, level.index), strict=True):
+        assert np.array_equal(one, chunked)
