@@ -85,13 +85,18 @@ LEVEL1_EARLY_SHARE = 1 / 8
 # LARGE_SHARE-th of them (at most LARGE_MAX_POINTS) instead of MAX_POINTS. There its 16384
 # points kept too little of the image's information for either level 0 or level 1 to come near
 # the Cramer-Rao bound: on the scaling benchmark's noisy 2048x2048 pair (6 noise draws) the
-# median error went from 2.2 to 1.15 times the bound and the mean-square ratio from 6.1 to 1.8,
-# the call from 66 to 164 ms (OpenCV's pyramidal ECC: 535 ms). At 1024x1024, where the default
-# must stay within a third of ECC's time, 32768 level-0 points were slower and no closer
-# (level 1's answer at 65536 points wins there), so smaller images keep MAX_POINTS.
+# median error went from 2.2 to 1.15 times the bound and the mean-square ratio from 6.1 to 1.8
+# with a sixteenth of the pixels (262144 points), the call from 66 to 164 ms (OpenCV's
+# pyramidal ECC: 535 ms). An eighth (524288 points, once sampling in chunks made a point
+# cheaper) took the error bars from 1.23-1.29 to 1.11-1.15 times the bound and the mean-square
+# ratio from 1.6-1.8 to 1.25-1.6 (three scenes, 6-8 draws each) for 70-90 ms more; a quarter
+# gained a few percent more for twice that. At 4096x4096 (capped) the bars went from 1.84 to
+# 1.49 times the bound, 195 -> 247 ms. At 1024x1024, where the default must stay within a
+# third of ECC's time, 32768 level-0 points were slower and no closer (level 1's answer at
+# 65536 points wins there), so smaller images keep MAX_POINTS.
 LARGE_PIXELS = 1 << 22
-LARGE_SHARE = 16
-LARGE_MAX_POINTS = 1 << 18
+LARGE_SHARE = 8
+LARGE_MAX_POINTS = 1 << 19
 
 
 def _points(k: int, pixels: int = 0) -> dict[str, int]:
