@@ -883,7 +883,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=HERE / "RESULTS.md",
                    help="markdown report (default benchmarks/RESULTS.md; '-' for none)")
     p.add_argument("--csv", type=Path, default=None,
-                   help="also write one row per (case, method) to this CSV file")
+                   help="also write one row per (case, method) to this CSV file, and one per "
+                        "noise redraw of the default (the case named '<case>#<draw>')")
     p.add_argument("--no-cli", action="store_true", help="skip the CLI wall-time measurement")
     p.add_argument("--no-scaling", action="store_true",
                    help="skip scaling.py (time and memory from 256^2 to 8192^2, several "
@@ -1003,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{bound_note}\ntotal bench time {elapsed / 60:.1f} min")
 
     if args.csv is not None:
-        write_csv(args.csv, all_runs)
+        write_csv(args.csv, all_runs + redraw_runs)
         print(f"wrote {args.csv}")
     state_end = source_state()
     state_note = f"regtool source: commit {state_start}"

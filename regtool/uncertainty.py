@@ -495,9 +495,16 @@ def refine(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float]
         return matrix, Uncertainty.unavailable("too little signal: the motion is not determined")
     answer = matrix
     if image is not None and points is not None:
+        own = mean_endpoint(to_full @ cov @ to_full, shape)
+        if not own <= MAX_ENDPOINT:
+            # The weightings' roots are one Newton step from the solver's answer, linearized
+            # there: where its own expected error is beyond the linear model, a root's smaller
+            # bar says nothing (a faint crop's roots with bars of 0.5-0.6 px were 0.5-1.9 px
+            # off, the solver's bars 1.5-5.7 px).
+            return matrix, _from_covariance(to_full @ cov @ to_full, matrix, shape)
         more = points()
         q = _pieces(more, matrix, center, metric, None)
-        best = SMOOTH_GAIN * mean_endpoint(to_full @ cov @ to_full, shape)
+        best = SMOOTH_GAIN * own
         for name in weightings:
             if name == "blurred":
                 gx, gy = _smoothed_gradients(image, sigma, more.index)

@@ -201,6 +201,32 @@ def test_the_refined_answer_is_its_equations_root(monkeypatch):
     assert u0.endpoint_px == U.estimate(level, start, center, "ncc").endpoint_px
 
 
+def test_no_weighting_rescues_an_answer_whose_own_bar_is_beyond_the_linear_model(monkeypatch):
+    # The weightings' roots are one Newton step from the solver's answer, linearized there:
+    # when that answer's own expected error is beyond MAX_ENDPOINT, no root with a smaller bar
+    # replaces it, and there is no bar.
+    from regtool import loss as L
+    from regtool.transform import image_center
+
+    shape = (251, 301)
+    target, source, _ = make_pair(photo(2), shape, (2.0, -3.0), 4.0, noise=0.02, seed=5)
+    f = np.asarray(target, dtype=np.float32)
+    g = np.asarray(source, dtype=np.float32)
+    level = L.prepare_level(f, None, g, None, 1.0)
+    more = L.prepare_level(f, None, g, None, 1.0, max_points=1 << 16, min_points=1 << 16)
+    center = image_center(shape)
+    start = np.vstack([regtool.align(target, source).matrix, [0.0, 0.0, 1.0]])
+    monkeypatch.setattr(U, "SMOOTH_GAIN", math.inf)  # any root would do, whatever its bar
+    own = U.estimate(level, start, center, "ncc").endpoint_px
+    kw = {"image": f, "points": lambda: more}
+    moved, bars = U.refine(level, start, center, "ncc", **kw)
+    assert moved is not start and bars.endpoint_px is not None
+    monkeypatch.setattr(U, "MAX_ENDPOINT", 0.9 * own)
+    same, none = U.refine(level, start, center, "ncc", **kw)
+    assert same is start
+    assert none.endpoint_px is None and "too little signal" in none.reason
+
+
 def _check_root(level, more, start, center, f, weighting):
     kw = {"image": f, "points": lambda: more, "weightings": (weighting,)}
     first, u1 = U.refine(level, start, center, "ncc", **kw)
