@@ -77,7 +77,7 @@ WARMUP_SIDE = 128
 #: medium tier), noise draws, random-stream id of the noise, success threshold (px).
 NOISY_SIDE = 2048
 NOISY_SIGMA = 0.02
-NOISY_DRAWS = 4
+NOISY_DRAWS = 8
 NOISY_STREAM = 8
 SUCCESS_PX = 0.5
 #: With one thread a call's CPU time is about its wall time (page faults count as CPU); a call
