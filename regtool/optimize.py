@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import loss as L
+from . import uncertainty as U
 from .transform import about_center, center_params, max_displacement, rigid_matrix, rigid_params
 
 __all__ = ["LevelOutcome", "IterationLog", "SOLVERS", "gauss_newton", "scaled_gd", "plain_gd",
@@ -64,6 +65,29 @@ class LevelOutcome:
             return None
         return _gradient_noise(self.level, self.center, self.evaluation.valid,
                                self.evaluation.residual.count)
+
+
+# A step the loss rejects ends the level at the last accepted point when that step moved the
+# image by less than this many times the white-noise error there (:func:`_white_noise_error`),
+# instead of being retried with ten times the damping until it falls below the tolerance. On
+# noisy faint images the retries picked among points the noise cannot tell apart, sometimes in
+# a cycle of accepted and rejected points (a retina crop at 251x301: 17 iterations at level 0,
+# 92 ms; now 2 and 59 ms, the answer 0.0002 px away). Over the benchmark's noisy tiers at
+# 251x301 and 512x512 (5 draws per case) the medians and mean squares over the bound moved by at
+# most 0.01, the hard tier at 251x301 took 0.83 of the time (median of per-case ratios), and no
+# unrelated pair was accepted (100 of the bench's, 288 more with noise of 2 and 5% and up to
+# 400 iterations).
+STALL_SHARE = 2.0
+
+
+def _white_noise_error(hessian: np.ndarray, objective: float, shape: tuple[int, int]) -> float:
+    """Expected mean endpoint error (level pixels) of a Gauss-Newton answer under white noise
+    alone, ``objective * H^-1``; its gradient-noise part makes it an underestimate."""
+    try:
+        cov = objective * np.linalg.inv(hessian)
+    except np.linalg.LinAlgError:
+        return 0.0
+    return U.mean_endpoint(cov, shape) if np.all(np.isfinite(cov)) else 0.0
 
 
 def _note(log: IterationLog, iteration: int, loss: float, step_px: float | None,
@@ -139,6 +163,7 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
     best_loss = math.inf
     overlap = 0.0
     it = 0
+    last_moved = math.inf  # the last step taken from the last accepted point (level pixels)
     while it < max_iter:
         it += 1
         # a dense level's overlap comes from row intervals, without the points' coordinates
@@ -161,8 +186,15 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
             rise = res.objective - prev[3]
             if rise > 1e-6 * prev[3] and rise > 0.25 * prev[4]:
                 # The last step made things worse by more than the model can explain: go back
-                # and take a shorter, more gradient-like step.
+                # and take a shorter, more gradient-like step ...
                 m_prev, h_prev, b_prev, _, _ = prev
+                if last_moved < STALL_SHARE * _white_noise_error(h_prev, prev[3], level.shape):
+                    # ... unless that step was well inside the noise's reach: the loss no
+                    # longer resolves motion at this scale, and shorter steps would only pick
+                    # among points the noise cannot tell apart
+                    if log is not None:
+                        _note(log, it, res.loss, None, lam, False)
+                    return outcome(m_prev, True, None)
                 lam = max(10.0 * lam, 1e-3)
                 step = np.linalg.solve(h_prev + lam * np.diag(np.diag(h_prev)), b_prev)
                 pred = (2 * b_prev @ step - step @ h_prev @ step) / max(res.count, 1)
@@ -206,6 +238,7 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
         m = m @ inv
         # M is an isometry, so the image moves by exactly as much as the update moves x.
         moved = max_displacement(inv, level.shape)
+        last_moved = moved
         if log is not None:
             _note(log, it, res.loss, moved, lam, True)
         if moved < tol:

@@ -21,7 +21,7 @@ from regtool import batch, io, pipeline
 from regtool import loss as L
 from regtool import optimize as O
 from regtool.pipeline import AlignOptions
-from regtool.transform import image_center, rigid_matrix
+from regtool.transform import image_center, max_displacement, rigid_matrix
 
 HEADER = ["level", "iteration", "loss", "step_px", "damping", "accepted", "elapsed_ms"]
 
@@ -99,8 +99,11 @@ def test_each_solver_logs_every_iteration(level, name):
         assert rows[-1]["accepted"] is not failed
 
 
-def test_gauss_newton_logs_rejected_points_and_rising_damping(level):
+def test_gauss_newton_logs_rejected_points_and_rising_damping(level, monkeypatch):
     rows: list[dict] = []
+    # the retries go on until a step is below the tolerance only without the stall rule (see
+    # the next test)
+    monkeypatch.setattr(O, "STALL_SHARE", 0.0)
     # ssd: the loss is the objective the step is judged on (ncc's objective also moves with
     # the target's variance over the overlap)
     out = O.gauss_newton(level, rigid_matrix(3.7, -5.9, 0.144), image_center(level.shape),
@@ -119,6 +122,31 @@ def test_gauss_newton_logs_rejected_points_and_rising_damping(level):
     assert rows[-1]["step_px"] < 1e-3  # the step that met the tolerance
 
 
+def test_a_rejected_step_inside_the_noise_ends_the_level(monkeypatch):
+    # At the noise floor a rejected step that moved the image by less than STALL_SHARE times
+    # the white-noise error ends the level at the last accepted point: the rejected point's row
+    # has no step, and the answer lies well within that error of where the damped retries
+    # would have ended, iterations earlier.
+    t, s, m = make_pair(photo(1), (160, 200), (2.0, -1.5), 3.0, noise=0.06, seed=2)
+    level = L.prepare_level(np.asarray(t, np.float32), None, np.asarray(s, np.float32), None,
+                            1.0)
+    center = image_center(level.shape)
+    start = m @ np.array([[1.0, 0.0, 0.05], [0.0, 1.0, -0.04], [0.0, 0.0, 1.0]])
+    rows: list[dict] = []
+    out = O.gauss_newton(level, start, center, "ncc", 1e-3, 50, 0.25, log=rows.append)
+    assert out.converged and len(rows) == out.iterations
+    assert not rows[-1]["accepted"] and rows[-1]["step_px"] is None
+    assert rows[-2]["accepted"] and rows[-2]["step_px"] >= 1e-3
+    noise = O._white_noise_error(out.hessian, out.objective, level.shape)
+    assert rows[-2]["step_px"] < O.STALL_SHARE * noise
+    # the answer is the last accepted point, where the error bars' evaluation was made
+    assert np.array_equal(out.evaluation.matrix, out.matrix)
+    monkeypatch.setattr(O, "STALL_SHARE", 0.0)
+    retried = O.gauss_newton(level, start, center, "ncc", 1e-3, 50, 0.25)
+    assert retried.converged and retried.iterations > out.iterations
+    assert max_displacement(np.linalg.inv(retried.matrix) @ out.matrix, level.shape) < 0.2 * noise
+
+
 def test_align_log_gives_level_records_and_the_same_result(noisy):
     target, source = noisy
     records: list[regtool.IterationRecord] = []
@@ -131,10 +159,12 @@ def test_align_log_gives_level_records_and_the_same_result(noisy):
     assert any(not r.accepted for r in records if r.level == 0)
     elapsed = [r.elapsed_ms for r in records]
     assert elapsed == sorted(elapsed) and elapsed[-1] <= 1e3 * logged.time_s
-    # steps are in full-resolution pixels: each level stops below its tolerance there
+    # steps are in full-resolution pixels: each level stops below its tolerance there, or at a
+    # rejected point without a step (a step inside the noise, see above)
     for rec in logged.levels:
         last = [r for r in records if r.level == rec.level][-1]
-        assert last.step_px < max(1e-3, 0.01) * 2**rec.level
+        assert (last.step_px is None and not last.accepted
+                or last.step_px < max(1e-3, 0.01) * 2**rec.level)
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,11 +189,14 @@ def test_align_log_writes_a_row_per_iteration(work):
         mine = [r for r in rows if int(r["level"]) == rec["level"]]
         assert [int(r["iteration"]) for r in mine] == list(range(1, rec["iterations"] + 1))
         assert any(r["accepted"] == "true" for r in mine)
-        assert float(mine[-1]["step_px"]) < max(1e-3, 0.01) * 2 ** rec["level"]
+        last = mine[-1]
+        assert (last["step_px"] == "" and last["accepted"] == "false"
+                or float(last["step_px"]) < max(1e-3, 0.01) * 2 ** rec["level"])
     assert all(math.isfinite(float(r["loss"])) for r in rows)
     assert {r["accepted"] for r in rows} == {"true", "false"}  # this pair rejects steps
     level0 = [r for r in rows if r["level"] == "0"]
-    assert float(level0[-1]["step_px"]) < 1e-3  # --tol's default, in full-resolution pixels
+    # --tol's default, in full-resolution pixels, or a rejected step inside the noise
+    assert level0[-1]["step_px"] == "" or float(level0[-1]["step_px"]) < 1e-3
     elapsed = [float(r["elapsed_ms"]) for r in rows]
     assert elapsed == sorted(elapsed)
 
