@@ -82,12 +82,10 @@ STALL_SHARE = 2.0
 
 def _white_noise_error(hessian: np.ndarray, objective: float, shape: tuple[int, int]) -> float:
     """Expected mean endpoint error (level pixels) of a Gauss-Newton answer under white noise
-    alone, ``objective * H^-1``; its gradient-noise part makes it an underestimate."""
-    try:
-        cov = objective * np.linalg.inv(hessian)
-    except np.linalg.LinAlgError:
-        return 0.0
-    return U.mean_endpoint(cov, shape) if np.all(np.isfinite(cov)) else 0.0
+    alone, ``objective * H^-1`` (:func:`regtool.uncertainty.quick_covariance` without the
+    gradient-noise correction, which makes it an underestimate); 0 where ``H`` is singular."""
+    cov = U.quick_covariance(hessian, objective, np.zeros((3, 3)))
+    return 0.0 if cov is None else U.mean_endpoint(cov, shape)
 
 
 def _note(log: IterationLog, iteration: int, loss: float, step_px: float | None,

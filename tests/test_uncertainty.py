@@ -176,10 +176,10 @@ def test_blurred_weighting_brings_faint_noisy_pairs_closer(monkeypatch):
     assert 0.6 < float(np.mean(ratios)) < 1.4, ratios
 
 
-def test_the_refined_answer_is_its_equations_root(monkeypatch):
-    # One Newton step from the solver's answer reaches the root of the equation on more points
-    # (blurred weights, or plain ones): a second step from there moves the answer by a small
-    # fraction of its error bar.
+def _weighting_pair():
+    """A noisy 251x301 pair for the weightings of :func:`regtool.uncertainty.refine`: the
+    images, the target as float32, the level's data on its own points and on 65536 points,
+    and the rotation center."""
     from regtool import loss as L
     from regtool.transform import image_center
 
@@ -189,7 +189,14 @@ def test_the_refined_answer_is_its_equations_root(monkeypatch):
     g = np.asarray(source, dtype=np.float32)
     level = L.prepare_level(f, None, g, None, 1.0)
     more = L.prepare_level(f, None, g, None, 1.0, max_points=1 << 16, min_points=1 << 16)
-    center = image_center(shape)
+    return target, source, f, level, more, image_center(shape)
+
+
+def test_the_refined_answer_is_its_equations_root(monkeypatch):
+    # One Newton step from the solver's answer reaches the root of the equation on more points
+    # (blurred weights, or plain ones): a second step from there moves the answer by a small
+    # fraction of its error bar.
+    target, source, f, level, more, center = _weighting_pair()
     monkeypatch.setattr(U, "SMOOTH_SHARE", math.inf)  # the plain root
     start = np.vstack([regtool.align(target, source).matrix, [0.0, 0.0, 1.0]])
     monkeypatch.setattr(U, "SMOOTH_GAIN", math.inf)  # take the blurred root whatever its bar
@@ -205,16 +212,7 @@ def test_no_weighting_rescues_an_answer_whose_own_bar_is_beyond_the_linear_model
     # The weightings' roots are one Newton step from the solver's answer, linearized there:
     # when that answer's own expected error is beyond MAX_ENDPOINT, no root with a smaller bar
     # replaces it, and there is no bar.
-    from regtool import loss as L
-    from regtool.transform import image_center
-
-    shape = (251, 301)
-    target, source, _ = make_pair(photo(2), shape, (2.0, -3.0), 4.0, noise=0.02, seed=5)
-    f = np.asarray(target, dtype=np.float32)
-    g = np.asarray(source, dtype=np.float32)
-    level = L.prepare_level(f, None, g, None, 1.0)
-    more = L.prepare_level(f, None, g, None, 1.0, max_points=1 << 16, min_points=1 << 16)
-    center = image_center(shape)
+    target, source, f, level, more, center = _weighting_pair()
     start = np.vstack([regtool.align(target, source).matrix, [0.0, 0.0, 1.0]])
     monkeypatch.setattr(U, "SMOOTH_GAIN", math.inf)  # any root would do, whatever its bar
     own = U.estimate(level, start, center, "ncc").endpoint_px
