@@ -180,14 +180,27 @@ def _axis_weights(x: np.ndarray, size: int
     np.subtract(np.float32(0.5) * t3 + np.float32(2.0 / 3.0), t2, out=value[1])
     np.subtract(np.float32(1.0) - value[0], value[1], out=value[2])  # the weights sum to 1
     value[2] -= value[3]
-    diff = np.empty((4, x.size), dtype=np.float32)
+    return value, _diff_weights(t, t2, uu), first, inside
+
+
+def _diff_weights(t: np.ndarray, t2: np.ndarray, uu: np.ndarray) -> np.ndarray:
+    """The cubic B-spline derivative's weights ``(4, n)`` on the taps ``floor(x) - 1 ..
+    floor(x) + 2``, from the fraction ``t``, ``t**2`` and ``(1 - t)**2`` (float32)."""
+    diff = np.empty((4, t.size), dtype=np.float32)
     np.multiply(uu, np.float32(-0.5), out=diff[0])
     np.multiply(t2, np.float32(0.5), out=diff[3])
     np.subtract(np.float32(1.5) * t2, np.float32(2.0) * t, out=diff[1])
     np.add(diff[0], diff[1], out=diff[2])  # the weights sum to 0
     diff[2] += diff[3]
     np.negative(diff[2], out=diff[2])
-    return value, diff, first, inside
+    return diff
+
+
+def _axis_diff_weights(x: np.ndarray) -> np.ndarray:
+    """:func:`_axis_weights`' derivative weights alone (the same float32 steps)."""
+    t = (x - np.floor(x)).astype(np.float32)
+    u = np.float32(1.0) - t
+    return _diff_weights(t, t * t, u * u)
 
 
 def _border_samples(coeffs: np.ndarray, rc: np.ndarray
@@ -253,9 +266,8 @@ def _derivatives(coeffs: np.ndarray, taps: L.Taps) -> tuple[np.ndarray, np.ndarr
     """The source spline's derivatives along x' and y' at the points of a sampling, float32:
     the exact derivative weights on the taps the values were made of (see
     :func:`_source_samples`)."""
-    h, w = coeffs.shape
-    _, dy, _, _ = _axis_weights(taps.rc[0], h)
-    _, dx, _, _ = _axis_weights(taps.rc[1], w)
+    dy = _axis_diff_weights(taps.rc[0])
+    dx = _axis_diff_weights(taps.rc[1])
     gx = np.einsum("an,an->n", taps.wy, np.einsum("bn,abn->an", dx, taps.block))
     gy = np.einsum("an,an->n", dy, taps.along_x)
     if not taps.inside.all():
