@@ -28,7 +28,7 @@ Metrics
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -153,6 +153,9 @@ class LevelImages:
         Source pixels whose neighbourhood holds masked values (None: none masked).
     margin : float
         Sampled source points must lie at least this far inside the source's pixel centers.
+    usable : (h, w) bool or None
+        A selected level's usable target pixels when the target is masked (None: every pixel
+        ``margin`` inside the border), for :meth:`area_overlap`.
     """
 
     shape: tuple[int, int]
@@ -164,6 +167,7 @@ class LevelImages:
     source_coeffs: np.ndarray
     source_invalid: np.ndarray | None
     margin: float
+    usable: np.ndarray | None = None
     _coords: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
@@ -287,9 +291,33 @@ class LevelImages:
             inside &= bad == 0
         return inside
 
+    def area_overlap(self, matrix: np.ndarray) -> float:
+        """Share of the level's usable target pixels, not only its points, that count at
+        ``matrix`` (as :meth:`overlap` decides), read on a regular sub-grid of about
+        AREA_PROBE pixels.
+
+        A selected level's points are its most textured pixels, which may lie mostly on one side
+        of the image: their share in the overlap is not the overlap's share of the image (a
+        noise-free 251x301 crop 67% inside the source had 22% of its points there).
+        """
+        h, w = self.shape
+        m = int(math.ceil(self.margin))
+        step = max(1, int(math.sqrt(h * w / AREA_PROBE)))
+        ys, xs = np.mgrid[m : h - m : step, m : w - m : step]
+        if self.usable is not None:
+            keep = self.usable[ys, xs]
+            ys, xs = ys[keep], xs[keep]
+        if ys.size == 0:
+            return 0.0
+        probe = replace(self, target_valid=np.ones(ys.size, dtype=bool),
+                        index=(ys * w + xs).ravel(), _coords=None)
+        return float(np.count_nonzero(probe.overlap(matrix))) / ys.size
+
 
 # Points a sampling handles at a time (:meth:`LevelImages.sample_taps`).
 TAPS_CHUNK = 1 << 15
+# Pixels :meth:`LevelImages.area_overlap` reads (at most a few hundred microseconds).
+AREA_PROBE = 1 << 14
 
 
 def _taps_chunk(flat: np.ndarray, taps: np.ndarray, h: int, w: int, rc: np.ndarray
@@ -530,7 +558,7 @@ def prepare_level(
         index = index.astype(np.int32)  # half the memory of the per-point index
     vals, gxs, gys = spline_at(target, index)
     return LevelImages((h, w), vals, gxs, gys, np.ones(index.size, dtype=bool), index,
-                       source, s_inv, margin)
+                       source, s_inv, margin, target_valid)
 
 
 def _row_intervals(matrix: np.ndarray, shape: tuple[int, int], lo_x: float, hi_x: float,

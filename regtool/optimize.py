@@ -96,6 +96,22 @@ def _note(log: IterationLog, iteration: int, loss: float, step_px: float | None,
          "accepted": bool(accepted)})
 
 
+# A selected level with fewer of its points in the overlap fails whatever its area share.
+MIN_OVERLAP_POINTS = 64
+
+
+def _overlap_share(level: L.LevelImages, m: np.ndarray, n_valid: int, n_target: int,
+                   min_overlap: float) -> float:
+    """The share of the target in the overlap at ``m`` that ``min_overlap`` is checked
+    against: of the level's points, or on a selected level whose points fall short, of its
+    usable pixels (:meth:`regtool.loss.LevelImages.area_overlap`: the points are the most
+    textured pixels, and their share in the overlap is the texture's, not the image's)."""
+    share = float(n_valid) / max(n_target, 1)
+    if share < min_overlap and not level.dense and n_valid >= MIN_OVERLAP_POINTS:
+        share = max(share, level.area_overlap(m))
+    return share
+
+
 def _overlap_fail(frac: float, min_overlap: float) -> str:
     return (f"overlap fell to {100 * frac:.1f}% of the target (minimum {100 * min_overlap:.0f}%)"
             if frac > 0 else "the images no longer overlap")
@@ -168,7 +184,7 @@ def gauss_newton(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, 
         rc = None if level.dense else level.source_coords(m)
         valid = level.overlap(m, rc)
         n_valid = int(np.count_nonzero(valid))  # valid lies within tv
-        overlap = float(n_valid) / max(n_target, 1)
+        overlap = _overlap_share(level, m, n_valid, n_target, min_overlap)
         if overlap < min_overlap:
             if log is not None:
                 _note(log, it, math.nan, None, lam, False)
@@ -269,7 +285,7 @@ def scaled_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, flo
     def evaluate(p: np.ndarray, with_grad: bool) -> tuple[L.Residual, np.ndarray | None, float]:
         m = about_center(*p, center)
         valid = level.overlap(m)
-        frac = float(np.count_nonzero(valid)) / max(n_target, 1)
+        frac = _overlap_share(level, m, int(np.count_nonzero(valid)), n_target, min_overlap)
         if frac < min_overlap:
             return L.Residual(level.target, valid, 0, math.inf, math.inf, 1.0, 0.0), None, frac
         res, grad = L.loss_and_gradient(level, m, with_grad, center, metric)
@@ -358,7 +374,7 @@ def plain_gd(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, floa
     for it in range(1, max_iter + 1):
         m = rigid_matrix(*params)
         valid = level.overlap(m)
-        overlap = float(np.count_nonzero(valid)) / max(n_target, 1)
+        overlap = _overlap_share(level, m, int(np.count_nonzero(valid)), n_target, min_overlap)
         if overlap < min_overlap:
             if log is not None:
                 _note(log, it, math.nan, None, rate, False)

@@ -144,6 +144,29 @@ def test_selected_points_carry_the_dense_values(shape, monkeypatch):
     assert np.median(strength[chosen]) > np.quantile(strength[left], 0.75)
 
 
+def test_area_overlap_counts_the_usable_pixels_not_the_selected_points():
+    # texture on the left quarter only: the selection's points all lie there
+    rng = np.random.default_rng(4)
+    img = np.full((240, 320), 100.0, dtype=np.float32)
+    img[:, :80] += 30.0 * ndimage.gaussian_filter(rng.normal(size=(240, 80)), 1.0)
+    img = img.astype(np.float32)
+    level = L.prepare_level(img, None, img, None, 1.0)
+    assert level.index is not None and np.all(level.index % 320 < 90)
+    for shift, expected in ((0.0, 1.0), (-100.0, 0.69), (-200.0, 0.375)):
+        m = about_center(shift, 0.0, 0.0, (159.5, 119.5))
+        points = np.count_nonzero(level.overlap(m)) / level.index.size
+        assert points < 0.05 or shift == 0.0
+        # pixels 1..318 of each row usable, those with x + shift inside [1, 318] count
+        assert level.area_overlap(m) == pytest.approx(expected, abs=0.01)
+    # a masked target: only its usable pixels count
+    valid = np.ones(img.shape, dtype=bool)
+    valid[:, 160:] = False
+    masked = L.prepare_level(img, valid, img, None, 1.0)
+    m = about_center(-100.0, 0.0, 0.0, (159.5, 119.5))
+    # usable: columns 1..157 (the mask eroded by the selection's two pixels), 57 of them inside
+    assert masked.area_overlap(m) == pytest.approx(57 / 157, abs=0.01)
+
+
 def test_point_cap_bounds_the_selection():
     img = ndimage.gaussian_filter(np.random.default_rng(2).random((400, 500)), 1.5)
     level = L.prepare_level(img.astype(np.float32), None, img.astype(np.float32), None, 1.0,
