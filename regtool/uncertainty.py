@@ -543,10 +543,10 @@ def _smoothed_gradients(image: np.ndarray, sigma: float, index: np.ndarray | Non
     pixels (truncated at 4 sigma, edges repeated), at the raster ``index`` (every pixel when
     None), float32.
 
-    One blur and differences at the points only, instead of two derivative-of-Gaussian
-    filters over the image (6.4 ms at 512x512, now 1.9 at 65536 points): any weighting keeps
-    the estimating equation unbiased and its sandwich measures what it costs; the differences
-    only add a little to the blur along their axis.
+    One blur and two central differences instead of two derivative-of-Gaussian filters (6.4
+    ms at 512x512, now 1.9 with 65536 points taken): any weighting keeps the estimating
+    equation unbiased and its sandwich measures what it costs; the differences only add a
+    little to the blur along their axis.
     """
     taps = gaussian_taps(sigma, truncate=4.0)
     along_x = ndimage.correlate1d(image.astype(np.float32, copy=False), taps, axis=1,
