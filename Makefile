@@ -43,7 +43,7 @@ demo: $(VENV)/.installed
 	exit $$status
 
 test: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check regtool tests benchmarks
+	$(VENV)/bin/ruff check regtool tests benchmarks sample_images
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed-bench

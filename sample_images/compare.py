@@ -16,10 +16,10 @@ def corner_error(found: list[list[float]], true: list[list[float]], shape: list[
     h, w = shape
     worst = 0.0
     for x, y in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)):
-        dx = sum(a * b for a, b in zip(found[0], (x, y, 1))) - sum(
-            a * b for a, b in zip(true[0], (x, y, 1)))
-        dy = sum(a * b for a, b in zip(found[1], (x, y, 1))) - sum(
-            a * b for a, b in zip(true[1], (x, y, 1)))
+        dx = sum(a * b for a, b in zip(found[0], (x, y, 1), strict=True)) - sum(
+            a * b for a, b in zip(true[0], (x, y, 1), strict=True))
+        dy = sum(a * b for a, b in zip(found[1], (x, y, 1), strict=True)) - sum(
+            a * b for a, b in zip(true[1], (x, y, 1), strict=True))
         worst = max(worst, (dx * dx + dy * dy) ** 0.5)
     return worst
 
