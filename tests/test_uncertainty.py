@@ -235,3 +235,22 @@ def _check_root(level, more, start, center, f, weighting):
     assert math.hypot(step[0], step[1]) > 0.2 * u1.shift[0], step  # a real move
     assert math.hypot(again[0], again[1]) < 0.05 * u1.shift[0], (step, again)
     assert abs(again[2]) < 0.05 * math.radians(u1.theta_deg), (step, again)
+
+
+def test_blurred_weights_are_central_differences_of_the_blurred_image():
+    rng = np.random.default_rng(11)
+    image = rng.normal(size=(37, 53)).astype(np.float32)
+    blurred = ndimage.gaussian_filter(image.astype(np.float64), 1.5, mode="nearest", truncate=4.0)
+    # np.gradient: central differences inside, one-sided full differences at the border,
+    # where the blurred image repeated (mode="nearest") gives half of those
+    ex, ey = np.gradient(blurred, axis=1), np.gradient(blurred, axis=0)
+    ex[:, [0, -1]] *= 0.5
+    ey[[0, -1], :] *= 0.5
+    gx, gy = U._smoothed_gradients(image, 1.5, None)
+    assert gx.dtype == np.float32 and gx.shape == (37 * 53,)
+    np.testing.assert_allclose(gx, ex.ravel(), atol=1e-6)
+    np.testing.assert_allclose(gy, ey.ravel(), atol=1e-6)
+    index = np.array([0, 52, 53 * 10 + 7, 37 * 53 - 1])
+    px, py = U._smoothed_gradients(image, 1.5, index)
+    np.testing.assert_array_equal(px, gx[index])
+    np.testing.assert_array_equal(py, gy[index])
