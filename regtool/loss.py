@@ -309,6 +309,8 @@ class LevelImages:
             ys, xs = ys[keep], xs[keep]
         if ys.size == 0:
             return 0.0
+        # the level seen through the sub-grid's pixels: overlap() reads only their coordinates
+        # and validity (the per-point target arrays are left as they are, unread)
         probe = replace(self, target_valid=np.ones(ys.size, dtype=bool),
                         index=(ys * w + xs).ravel(), _coords=None)
         return float(np.count_nonzero(probe.overlap(matrix))) / ys.size
