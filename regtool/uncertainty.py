@@ -457,7 +457,8 @@ def refine(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float]
            image: np.ndarray | None = None,
            points: Callable[[], L.LevelImages] | None = None,
            sigma: float = SMOOTH_SIGMA,
-           weightings: tuple[str, ...] = ("blurred", "plain")
+           weightings: tuple[str, ...] = ("blurred", "plain"),
+           against: float | None = None
            ) -> tuple[np.ndarray, Uncertainty]:
     """:func:`estimate`, and where the target's gradients are noisy, maybe a closer answer.
 
@@ -472,7 +473,7 @@ def refine(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float]
     error bar or so apart, where the equation is nearly linear: a second step moves an answer
     by a few hundredths of its bar at most, see the tests). The root with the smallest
     expected mean endpoint error is the answer if that error is below SMOOTH_GAIN of the
-    solver's answer's; otherwise the solver's answer stays.
+    solver's answer's (or below ``against``); otherwise the solver's answer stays.
 
     Parameters
     ----------
@@ -487,6 +488,10 @@ def refine(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float]
         The blur, in level pixels.
     weightings : tuple of {"blurred", "plain"}
         The weightings tried on ``points()``.
+    against : float, optional
+        The expected mean endpoint error (full-resolution pixels) a root must beat instead of
+        SMOOTH_GAIN times the solver's answer's: another answer's, which the roots compete
+        with.
 
     Returns
     -------
@@ -517,7 +522,7 @@ def refine(level: L.LevelImages, matrix: np.ndarray, center: tuple[float, float]
             return matrix, _from_covariance(to_full @ cov @ to_full, matrix, shape)
         more = points()
         q = _pieces(more, matrix, center, metric, None)
-        best = SMOOTH_GAIN * own
+        best = SMOOTH_GAIN * own if against is None else against
         for name in weightings:
             if name == "blurred":
                 gx, gy = _smoothed_gradients(image, sigma, more.index)
