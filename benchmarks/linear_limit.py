@@ -120,21 +120,21 @@ def weightings(shape: tuple[int, int], blur: float) -> dict[str, tuple[np.ndarra
     }
 
 
-def ratios(case: C.Case, blur: float = 1.5) -> dict[str, float]:
-    """Mean endpoint error over the bound's, per weighting and for the linear limit."""
-    bnd = B.case_bound(case)
+def ratios(case: C.Case, blur: float = 1.5, bnd: B.Bound | None = None) -> dict[str, float]:
+    """Mean endpoint error over the bound's (``bnd``, made when not given), per weighting and
+    for the linear limit."""
+    bnd = B.case_bound(case) if bnd is None else bnd
     out = {"linear limit": B.mean_endpoint(_covariance(case, None), case.target.shape)}
     for name, transfer in weightings(case.target.shape, blur).items():
         out[name] = B.mean_endpoint(_covariance(case, transfer), case.target.shape)
     return {k: v / bnd.endpoint_px for k, v in out.items()}
 
 
-def measured(case: C.Case, draws: int, seed: int) -> float:
-    """Root mean square of regtool's endpoint error over the bound's, over the successful
-    (error < SUCCESS_PX) of ``draws`` noise draws (nan when none succeeded)."""
+def measured(case: C.Case, bnd: B.Bound, draws: int, seed: int) -> float:
+    """Root mean square of regtool's endpoint error over the bound's (``bnd``), over the
+    successful (error < SUCCESS_PX) of ``draws`` noise draws (nan when none succeeded)."""
     import regtool
 
-    bnd = B.case_bound(case)
     rng = np.random.default_rng([seed, 31])
     errors = []
     for k in range(draws):
@@ -172,10 +172,10 @@ def main(argv: list[str] | None = None) -> int:
                 bnd = B.case_bound(case)
                 if bnd is None:
                     continue
-                r = ratios(case, args.blur)
+                r = ratios(case, args.blur, bnd)
                 values = [r[k] for k in header[2:5]]
                 if args.draws:
-                    values.append(measured(case, args.draws, args.seed))
+                    values.append(measured(case, bnd, args.draws, args.seed))
                 tiers.setdefault((tier, size), []).append((bnd.ms_px2, values))
                 row = [case.name, case.scene.name] + [f"{v:.2f}" for v in values]
                 print("| " + " | ".join(row) + " |", flush=True)

@@ -476,8 +476,9 @@ def _error_bars(descent: _Descent, m: np.ndarray, metric: str, converged: bool,
                             evaluation=descent.evaluation, image=pyr.f[k],
                             points=_more_points(pyr, k) if small and _noisy(out) else None)
     answer = m if answer is at else from_level(answer, k)
+    # (``small`` at level 1: no target mask at level 0 either, the masks' pyramid keeps None)
     if (k == 1 and small and pyr.f[0].size <= REFINE_LEVEL0_MAX_PIXELS
-            and pyr.fm[0] is None and bars.endpoint_px is not None
+            and bars.endpoint_px is not None
             and descent.level0 is not None and _noisy(descent.level0_answer)):
         # Level 1's answer stands on a quarter as many pixels, each an average of four through
         # the pyramid's filter: where level 0's gradients are noisy, the blurred weighting on
@@ -490,7 +491,7 @@ def _error_bars(descent: _Descent, m: np.ndarray, metric: str, converged: bool,
         center0 = image_center(pyr.f[0].shape)
         level0, bars0 = U.refine(descent.level0, answer, center0, metric,
                                  full_shape=pyr.f[0].shape, image=pyr.f[0],
-                                 points=_more_points(pyr, 0, REFINE_LEVEL0_MAX_PIXELS),
+                                 points=_more_points(pyr, 0, pyr.f[0].size),
                                  weightings=("blurred",), against=bars.endpoint_px)
         if level0 is not answer:
             return level0, bars0
