@@ -106,8 +106,16 @@ TIME_TIERS = CLASSIC_TIERS
 TIME_TARGETS = {"251x301": 1.0, "512x512": 0.5, "1024x1024": 0.35}
 #: Fresh noise draws per noisy case on which the default runs again (--redraws): one draw per
 #: case leaves the per-tier figures to chance (the mean-square ratio of 8 cases is mostly that
-#: of the one or two with the largest bound), several show what the estimator does.
-REDRAWS = 4
+#: of the one or two with the largest bound), several show what the estimator does. Over 5
+#: draws per case a cell's mean-square ratio moved by up to 40% between draw sets of the same
+#: cases (512x512 medium: 1.96 over the 5 of one bench, 1.39 over 10 others, 1.71 over 20);
+#: 20 draws halve that spread (the redraw table's interval shows it) for about two minutes.
+REDRAWS = 19
+#: The share of the mean-square ratio's bootstrap over draws (each case's draws resampled)
+#: that the redraw table's interval covers, the resamples, and their seed.
+MS_INTERVAL = 0.9
+MS_RESAMPLES = 2000
+MS_RESAMPLE_SEED = 5
 #: Random-stream id of the redraws' noise (with the seed, the size and the tier).
 REDRAW_STREAM = 77
 ECC_PYR = "ecc-pyr"
@@ -607,6 +615,18 @@ def bound_ratios(rs: list[Run]) -> tuple[float | None, float | None, int, int]:
     return med, ms, len(good), fails
 
 
+def ms_interval(rs: list[Run]) -> tuple[float, float] | None:
+    """:func:`bound.ms_ratio_interval` of the successful runs, grouped by case (a case's noise
+    draws are ``<name>#<k>``): how far the mean-square ratio moves with the draws alone, not
+    with the choice of cases."""
+    by_case: dict[str, list[Run]] = {}
+    for r in rs:
+        if r.bound is not None and not _bound_failed(r):
+            by_case.setdefault(r.case.name.split("#")[0], []).append(r)
+    groups = [([r.error for r in g], g[0].bound.ms_px2) for g in by_case.values()]
+    return B.ms_ratio_interval(groups, MS_INTERVAL, MS_RESAMPLES, MS_RESAMPLE_SEED)
+
+
 def _bound_cell(rs: list[Run]) -> str:
     med, ms, _, fails = bound_ratios(rs)
     cell = "-" if med is None else f"{med:.2f} / {ms:.2f}"
@@ -630,11 +650,14 @@ def _noisy_cells(runs: list[Run]) -> dict[tuple[str, str], dict[str, list[Run]]]
         if k[1] != "all sizes" or sizes_per_tier.get(k[0], 0) > 1}
 
 
-def bound_summary(runs: list[Run], order: list[str]) -> tuple[list[str], list[list[str]]]:
+def bound_summary(runs: list[Run], order: list[str], interval: bool = False
+                  ) -> tuple[list[str], list[list[str]]]:
     """Every method's error over the Cramer-Rao bound, per noisy tier and size.
 
     Cell: ``median / ms`` = median over the successful cases of err / bound, and
-    mean(err^2) / mean(bound's mean square); ``(kf)`` counts the failures left out.
+    mean(err^2) / mean(bound's mean square); ``(kf)`` counts the failures left out. With
+    ``interval`` (runs with several noise draws per case), a column gives the default's
+    :func:`ms_interval`.
     """
     cells = _noisy_cells(runs)
     if not cells:
@@ -646,6 +669,8 @@ def bound_summary(runs: list[Run], order: list[str]) -> tuple[list[str], list[li
         header.append(m)
         if m == DEFAULT_METHOD:
             header.append(target)
+            if interval:
+                header.append(f"ms, {MS_INTERVAL:.0%} over the draws (bootstrap)")
     rows = []
     for (tier, size), by in cells.items():
         # a case's fresh noise draws (cases.redraw: "<name>#<k>") are the same case
@@ -659,6 +684,9 @@ def bound_summary(runs: list[Run], order: list[str]) -> tuple[list[str], list[li
                 row.append("-" if med is None else
                            f"{'yes' if med <= BOUND_MEDIAN_TARGET else 'NO'} / "
                            f"{'yes' if ms <= BOUND_MS_TARGET else 'NO'}")
+                if interval:
+                    span = ms_interval(by.get(m, []))
+                    row.append("-" if span is None else f"{span[0]:.2f}-{span[1]:.2f}")
         rows.append(row)
     return header, rows
 
@@ -1088,7 +1116,8 @@ def summary_tables(runs: list[Run], order: list[str], redraws: list[Run] | None 
         draws = f"{per_case + 1} noise draws per case (its own and {per_case} more)"
         tables += [
             (f"The default over the Cramer-Rao bound on {draws}; cells as in the first table, "
-             "over every draw of the successful runs", *bound_summary(both, [DEFAULT_METHOD])),
+             "over every draw of the successful runs",
+             *bound_summary(both, [DEFAULT_METHOD], interval=True)),
             (f"Calibration of the default's error bars on {draws}", *calibration_summary(both)),
         ]
     return [t if len(t) == 4 else (*t, []) for t in tables]  # type: ignore[misc]

@@ -287,3 +287,36 @@ def case_bound(case: Any) -> Bound | None:
     sigma = float(case.noise)
     return bound(case.scene.spline, case.offset, case.matrix, case.target.shape,
                  case.source.shape, sigma_t=sigma, sigma_s=case.gain * sigma, gain=case.gain)
+
+
+def ms_ratio_interval(cases: list[tuple[np.ndarray, float]], share: float = 0.9,
+                      resamples: int = 2000, seed: int = 5) -> tuple[float, float] | None:
+    """How far a mean-square ratio moves with the noise draws alone: the central ``share`` of
+    ``sum(err^2) / sum(ms)`` over bootstrap resamples of each case's draws.
+
+    Parameters
+    ----------
+    cases : list of (errors, ms)
+        Per case, its draws' mean endpoint errors (px) and its bound's mean square (px^2).
+    share : float
+        The central share of the resamples the interval covers.
+    resamples, seed : int
+        The bootstrap's size and random seed (the same interval on every call).
+
+    Returns
+    -------
+    (low, high), or None when a case has fewer than 2 draws (nothing to resample).
+    """
+    if not cases or min(len(errors) for errors, _ in cases) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    num = np.zeros(resamples)
+    den = 0.0
+    for errors, ms in cases:
+        sq = np.square(np.asarray(errors, dtype=float))
+        pick = rng.integers(0, sq.size, size=(resamples, sq.size))
+        num += sq[pick].sum(axis=1)
+        den += ms * sq.size
+    tail = 0.5 * (1.0 - share)
+    lo, hi = np.quantile(num / den, [tail, 1.0 - tail])
+    return float(lo), float(hi)

@@ -100,3 +100,31 @@ def test_a_redrawn_case_keeps_its_scene_and_draws_new_noise() -> None:
     clean = next(C.make_cases(photos, (64, 80), "small", 1, seed=3))
     with pytest.raises(ValueError):
         C.redraw(clean, np.random.default_rng(1), 1)
+
+
+def test_ms_ratio_interval_covers_an_estimator_at_the_bound_and_narrows_with_draws() -> None:
+    # two cases whose errors are exactly at their bounds: |N(0, s^2 I_2)| has mean square 2 s^2
+    rng = np.random.default_rng(11)
+
+    def case(n: int, s: float) -> tuple[np.ndarray, float]:
+        return np.hypot(*rng.normal(0.0, s, size=(2, n))), 2 * s * s
+
+    def intervals(n: int) -> np.ndarray:
+        spans = [B.ms_ratio_interval([case(n, 0.01), case(n, 0.05)], resamples=400)
+                 for _ in range(100)]
+        return np.array(spans)
+
+    few, many = intervals(10), intervals(160)
+    covered = np.mean((many[:, 0] < 1.0) & (1.0 < many[:, 1]))
+    assert 0.75 <= covered <= 0.99  # a 90% interval (0.81-0.96 over 12 seeds of this test)
+    # about 1 / sqrt(16) as wide
+    assert np.mean(many[:, 1] - many[:, 0]) < 0.4 * np.mean(few[:, 1] - few[:, 0])
+    # the same interval on every call (a fixed seed), the point ratio inside it
+    one = [case(20, 0.02)]
+    point = float(np.mean(one[0][0] ** 2) / one[0][1])
+    lo, hi = B.ms_ratio_interval(one)
+    assert (lo, hi) == B.ms_ratio_interval(one)
+    assert lo < point < hi
+    # constant errors: nothing moves; a single draw: nothing to resample
+    assert B.ms_ratio_interval([(np.full(4, 0.1), 0.01)]) == pytest.approx((1.0, 1.0))
+    assert B.ms_ratio_interval([(np.array([0.1]), 0.01), case(9, 0.02)]) is None
