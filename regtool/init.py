@@ -30,6 +30,7 @@ from scipy import fft as sfft
 from . import loss as L
 from .optimize import gauss_newton
 from .resample import bilinear_nan
+from .transform import max_displacement
 
 __all__ = ["Candidate", "candidates", "rotation_candidates", "phase_correlation", "rotation_about",
            "search", "target_spectrum"]
@@ -359,15 +360,39 @@ def search(level: L.LevelImages, target: np.ndarray, source: np.ndarray,
     # and little overlap weaken phase correlation more than the spectra), and the plain start
     pool = [c.matrix for c in found[:3]]
     pool += [c.matrix for c in found[3:] if c.spectral] + [plain]
-    pool += [c.matrix for c in partial[:PARTIAL_POOL]]
+    extra = [c.matrix for c in partial[:PARTIAL_POOL]]
+    scored = _refined(level, pool, center, min_overlap)
+    others = _refined(level, extra, center, min_overlap)
+    info["refined"] = len(pool) + len(extra)
+    if not scored and not others:
+        return best.matrix, info
+    if not scored:
+        return others[0][1], info
+    # a partly whitened candidate is there to find another match, not to move this one: one
+    # that lands within SAME_MATCH of the best (a faint image's loss there is mostly noise)
+    # leaves it where it is
+    loss, matrix = scored[0]
+    for other_loss, other in others:
+        if (other_loss < loss and max_displacement(np.linalg.inv(matrix) @ other, target.shape)
+                > SAME_MATCH):
+            return other, info
+    return matrix, info
+
+
+# Search-level pixels (the largest displacement over the image) within which two refined
+# candidates are taken for the same match.
+SAME_MATCH = 2.0
+
+
+def _refined(level: L.LevelImages, starts: list[np.ndarray], center: tuple[float, float],
+             min_overlap: float) -> list[tuple[float, np.ndarray]]:
+    """Each start refined by a few Gauss-Newton steps at the search level: ``(1 - NCC,
+    matrix)`` of those that ended in the overlap, lowest loss first."""
     scored = []
-    for start in pool:
+    for start in starts:
         out = gauss_newton(level, start, center, "ncc", 0.05, 15, min_overlap)
         if math.isfinite(out.loss) and out.reason is None or (
                 out.reason or "").startswith("did not converge"):
             scored.append((out.loss, out.matrix))
-    info["refined"] = len(pool)
-    if not scored:
-        return best.matrix, info
     scored.sort(key=lambda s: s[0])
-    return scored[0][1], info
+    return scored
