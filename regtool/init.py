@@ -294,9 +294,13 @@ SWEEP_STEP = math.radians(8.0)
 # of the benchmark's 512x512 hard rocket crop it found the shift on 45% of noise draws, with
 # the magnitude to the power 0.8 on all. Used alone, though, the partly whitened peaks rise on
 # smooth images too and misled the sweep's trigger and the choice (a coffee crop shifted by
-# 170 px: 5 of 5 draws wrong); as extra candidates they only add to what NCC decides among.
+# 170 px: 5 of 5 draws wrong); so they only join the pool, and a refined one replaces the
+# best phase-correlated candidate only where it lands on another match, more than SAME_MATCH
+# search-level pixels (the largest displacement over the image) away, with a lower loss:
+# within one match a faint image's loss is mostly noise.
 PARTIAL_WHITENING = 0.8
 PARTIAL_POOL = 3
+SAME_MATCH = 2.0
 
 
 def candidates(target: np.ndarray, source: np.ndarray, target_valid: np.ndarray | None,
@@ -305,7 +309,8 @@ def candidates(target: np.ndarray, source: np.ndarray, target_valid: np.ndarray 
 
     The magnitude spectra give the angle directly when the images share enough of their
     content; when the best candidate's phase correlation is weak (little overlap, noise,
-    smooth images), a sweep over the whole circle backs it up.
+    smooth images), a sweep over the whole circle backs it up, each angle also with the
+    shift of the partly whitened correlation (``partial``, PARTIAL_WHITENING).
     """
     out: list[Candidate] = []
     spectrum = target_spectrum(target, target_valid)
@@ -368,20 +373,13 @@ def search(level: L.LevelImages, target: np.ndarray, source: np.ndarray,
         return best.matrix, info
     if not scored:
         return others[0][1], info
-    # a partly whitened candidate is there to find another match, not to move this one: one
-    # that lands within SAME_MATCH of the best (a faint image's loss there is mostly noise)
-    # leaves it where it is
+    # a partly whitened candidate is there to find another match, not to move this one
     loss, matrix = scored[0]
     for other_loss, other in others:
         if (other_loss < loss and max_displacement(np.linalg.inv(matrix) @ other, target.shape)
                 > SAME_MATCH):
             return other, info
     return matrix, info
-
-
-# Search-level pixels (the largest displacement over the image) within which two refined
-# candidates are taken for the same match.
-SAME_MATCH = 2.0
 
 
 def _refined(level: L.LevelImages, starts: list[np.ndarray], center: tuple[float, float],
