@@ -28,8 +28,10 @@ def _preparse_threads(argv: list[str]) -> int:
     return 1
 
 
+# REGTOOL_THREADS too: from 2048x2048 regtool shares a registration's work among threads
+# (regtool._threads), and the peers get ``--threads`` threads
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "REGTOOL_THREADS")
 if __name__ == "__main__":  # imported (by bench.py) it must not touch the caller's environment
     for _var in THREAD_VARS:
         os.environ[_var] = str(_preparse_threads(sys.argv[1:]))

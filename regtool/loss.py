@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 from scipy import ndimage
 
+from ._threads import MIN_PARALLEL_PIXELS, run_all, thread_count
 from .resample import ndimage_affine
 
 __all__ = [
@@ -253,10 +254,12 @@ class LevelImages:
             wy = np.empty((4, n), dtype=np.float32)
             along_x = np.empty((4, n), dtype=np.float32)
             inside = np.empty(n, dtype=bool)
-            for i in range(0, n, TAPS_CHUNK):
-                j = min(n, i + TAPS_CHUNK)
+
+            def chunk(i: int, j: int) -> None:
                 (out[i:j], block[:, :, i:j], wy[:, i:j], along_x[:, i:j],
                  inside[i:j]) = _taps_chunk(flat, taps, h, w, rc[:, i:j])
+            run_all([partial(chunk, i, min(n, i + TAPS_CHUNK)) for i in range(0, n, TAPS_CHUNK)],
+                    thread_count(n))
         out[~valid] = 0.0
         edge = np.flatnonzero(valid & ~inside)
         if edge.size:
@@ -466,9 +469,11 @@ def spline_at(target: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.nda
     if n <= TAPS_CHUNK:
         return _spline_chunk(flat, w, index)
     out = np.empty((3, n), dtype=np.float32)
-    for i in range(0, n, TAPS_CHUNK):
-        j = min(n, i + TAPS_CHUNK)
+
+    def chunk(i: int, j: int) -> None:
         out[0, i:j], out[1, i:j], out[2, i:j] = _spline_chunk(flat, w, index[i:j])
+    run_all([partial(chunk, i, min(n, i + TAPS_CHUNK)) for i in range(0, n, TAPS_CHUNK)],
+            thread_count(n))
     return out[0], out[1], out[2]
 
 
@@ -543,15 +548,17 @@ def prepare_level(
     wi = w - 2 * mm
     strip = min(STRIP_PIXELS, max(MIN_STRIP_PIXELS, h * w // 8))
     rows_per_strip = max(1, strip // max(w, 1))
-    found: list[np.ndarray] = []
-    for r0 in range(mm, h - mm, rows_per_strip):
+
+    def strip_points(r0: int) -> np.ndarray:
         r1 = min(r0 + rows_per_strip, h - mm)
         chosen = _strength(target, slice(r0, r1), cols) >= threshold
         if target_valid is not None:
             chosen &= target_valid[r0:r1, cols]
         local = np.flatnonzero(chosen)  # raster order keeps the source reads local
         rr, cc = np.divmod(local, wi)
-        found.append((rr + r0) * w + (cc + mm))
+        return (rr + r0) * w + (cc + mm)
+    found = run_all([partial(strip_points, r0) for r0 in range(mm, h - mm, rows_per_strip)],
+                    thread_count(h * w, MIN_PARALLEL_PIXELS))
     index = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
     if index.size > 2 * keep:
         # many equal strengths at the threshold (a ramp, a synthetic pattern): thin evenly

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from . import init as global_init
 from . import loss as L
 from . import quality as Q
 from . import uncertainty as U
+from ._threads import MIN_PARALLEL_PIXELS, run_all, thread_count
 from .errors import InputError
 from .optimize import DEFAULT_MAX_ITER, SOLVERS
 from .prepare import coarse_confirms, luminance, luminance_deferred
@@ -184,6 +186,13 @@ def _luminance(image: np.ndarray, which: str, mask: np.ndarray | None
         return lum, None, first
     lum, valid = luminance(image, which, mask)  # raises, or finds the NaNs to mask
     return lum, valid, None
+
+
+def _pixels(image: object) -> int:
+    """Pixels of an input image (0 for what is not an array of at least 2 dimensions: its
+    error comes from :func:`_luminance`)."""
+    shape = getattr(image, "shape", ())
+    return int(shape[0]) * int(shape[1]) if len(shape) >= 2 else 0
 
 
 def _level_count(f: np.ndarray, g: np.ndarray, levels: int | None) -> int:
@@ -590,8 +599,12 @@ def align(
     """
     t_start = time.perf_counter()
     _check_options(optimizer, metric, tol, max_iter, min_overlap, init)
-    f, f_mask, f1 = _luminance(target, "target", target_mask)
-    g, g_mask, g1 = _luminance(source, "source", source_mask)
+    # the two images' luminance and pyramids are independent: on large images, one thread each
+    # (the target's error first when both are bad, as serially)
+    threads = thread_count(min(_pixels(target), _pixels(source)), MIN_PARALLEL_PIXELS)
+    (f, f_mask, f1), (g, g_mask, g1) = run_all(
+        [partial(_luminance, target, "target", target_mask),
+         partial(_luminance, source, "source", source_mask)], threads)
     n_levels = _level_count(f, g, levels)
     iters = max_iter if max_iter is not None else DEFAULT_MAX_ITER[optimizer]
 
@@ -600,8 +613,10 @@ def align(
     k_search = pyramid.auto_levels(f.shape, g.shape, min_side=SEARCH_SIDE) - 1
     # the search level is also where rival matches are looked for, with or without a search
     n_build = max(n_levels, k_search + 1)
-    pyr = _Pyramids(pyramid.build(f, n_build, f1), pyramid.build(g, n_build, g1),
-                    pyramid.build_mask(f_mask, n_build), pyramid.build_mask(g_mask, n_build))
+    pyr_f, pyr_g = run_all([partial(pyramid.build, f, n_build, f1),
+                            partial(pyramid.build, g, n_build, g1)], threads)
+    pyr = _Pyramids(pyr_f, pyr_g, pyramid.build_mask(f_mask, n_build),
+                    pyramid.build_mask(g_mask, n_build))
     prepared: dict[int, L.LevelImages] = {}
     searched = None
     if auto:
