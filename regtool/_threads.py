@@ -34,7 +34,8 @@ MIN_PARALLEL_PIXELS = 1 << 22
 #: benchmark's timed sizes (at most 1024x1024: 16384 points at level 0; the error bars'
 #: all-pixel weighting at 512x512 has 262144). Measured on 2 cores at 4096x4096: the two images'
 #: luminance and pyramids took 0.62 of their serial time (2048x2048: 0.61; 1024x1024 would
-#: take 0.81: a pool's hand-overs against 6 ms of work), ``align`` 0.85.
+#: take 0.81: a pool's hand-overs against 6 ms of work); ``align`` took 0.81 of its
+#: one-thread time at 4096x4096 and 0.82 at 2048x2048.
 MIN_PARALLEL_POINTS = 1 << 19
 
 

@@ -714,3 +714,13 @@ def test_sample_pairs_match_their_true_parameters(suffix, shape):
     nudged[:, 2] += 0.5
     rms_off = np.sqrt(np.mean((regtool.warp(source, nudged, shape)[inner] - target[inner]) ** 2))
     assert rms < 4 and rms_off > 1.5 * rms
+
+
+def test_bad_thread_count_in_the_environment_is_bad_usage(work, monkeypatch):
+    # read deep in the engine and the warp: said once, before any work or output
+    monkeypatch.setenv("REGTOOL_THREADS", "two")
+    before = listing(work)
+    result = run("align", "target.png", "source.png")
+    line = assert_one_line_error(result, None, "regtool_threads", "positive integer")
+    assert "'two'" in line
+    assert listing(work) == before

@@ -29,6 +29,7 @@ from typing import Any
 import click
 
 from .._version import __version__
+from ..resample import default_threads
 from .align import align_command
 from .options import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, say_error
 from .stack import stack_command
@@ -128,6 +129,12 @@ def cli() -> None:
     on the target's grid) and the transform as JSON; many sources at once (a batch), the
     frames of a stack, or a saved transform applied to other images.
     """
+    # REGTOOL_THREADS is read deep in the engine (large images) and the warp: a bad value is
+    # bad usage, said before any work and any output
+    try:
+        default_threads()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 
