@@ -426,7 +426,10 @@ def _level1_is_better(answers: dict[int, Any], shape: tuple[int, int], margin: f
         scale = LEVEL1_NOISE_SCALE if k == 1 else 1.0
         cov = U.quick_covariance(out.hessian, out.objective, out.gradient_noise, scale)
         if cov is None:
-            return False
+            # Level 1 without a covariance settles nothing. Level 0 without one is all noise
+            # in some direction: the target's gradient noise makes its whole J^T J there, and
+            # its steps shrink by that share each iteration
+            return k == 0
         d = np.diag([2.0**k, 2.0**k, 1.0])  # level-k shifts in level-0 pixels
         covs.append(d @ cov @ d)
     return U.mean_endpoint(covs[0], shape) < (1.0 - margin) * U.mean_endpoint(covs[1], shape)
